@@ -1,0 +1,41 @@
+# The two commands README promises: `make run` and `make test`. Both create .venv/ here and
+# install what they need into it; `make test` also installs the services the tests start.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+APT_PACKAGES := redis-server chromium
+
+.PHONY: run test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	# torch 2.14.1 + torchvision 0.29.1 come from this machine's local wheels (export extra)
+	$(VENV)/bin/pip install -q -e '.[export,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+run: $(STAMP)
+	RAIOX_ALLOW_UNTRAINED_MODEL=$${RAIOX_ALLOW_UNTRAINED_MODEL:-1} $(VENV)/bin/raiox demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) system-deps lint
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) tests/bench/model.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

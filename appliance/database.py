@@ -1,0 +1,161 @@
+"""Postgres connection pool, the embedded server of the default install, and migrations.
+
+With no RAIOX_DATABASE_URL the appliance runs its own PostgreSQL + pgvector (the `pgserver`
+wheel) inside the data directory, listening on a unix socket only; otherwise it connects to the
+URL (compose's pgvector/pgvector). Both paths then run the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+
+from appliance.errors import ServiceUnavailableError
+from appliance.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "raiox"
+# One lock id for "a process is migrating": concurrent starts (several workers) wait in turn.
+MIGRATION_LOCK_ID = 0x5241494F58
+
+
+class DatabaseUnavailableError(ServiceUnavailableError):
+    code = "database_unavailable"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The numbered SQL files shipped in appliance/migrations, in order."""
+    folder = resources.files("appliance") / "migrations"
+    migrations = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            migrations.append(Migration(version, entry.name, entry.read_text()))
+    migrations.sort(key=lambda m: m.version)
+    return migrations
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations, each in its own transaction; returns the names applied."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for migration in load_migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            log.info("applied migration %s", migration.name)
+            applied.append(migration.name)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+class EmbeddedPostgres:
+    """PostgreSQL 16 + pgvector from the pgserver wheel, kept in the data directory."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or join) the server and return a URL to the appliance's database."""
+        import pgserver  # imported lazily: production never needs the wheel's binaries
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        existing = self._server.psql(
+            f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';"
+        )
+        if "(1 row)" not in existing:
+            self._server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
+        return str(self._server.get_uri(database=EMBEDDED_DATABASE))
+
+    def stop(self) -> None:
+        """Stop the server once the last process using it lets go (pgserver counts handles)."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+class Database:
+    """The asyncpg pool (with pgvector types registered) and, if embedded, its server."""
+
+    def __init__(self, pool: asyncpg.Pool, embedded: EmbeddedPostgres | None) -> None:
+        self.pool = pool
+        self._embedded = embedded
+
+    @classmethod
+    async def open(cls, settings: Settings, *, migrate: bool = True) -> Database:
+        embedded = None
+        url = settings.database_url
+        if url is None:
+            embedded = EmbeddedPostgres(settings.postgres_dir)
+            url = await asyncio.to_thread(embedded.start)
+        try:
+            if migrate:
+                conn = await asyncpg.connect(url, timeout=10)
+                try:
+                    await apply_migrations(conn)
+                finally:
+                    await conn.close()
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=10, init=register_vector, command_timeout=30, timeout=10
+            )
+        except BaseException:
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+            raise
+        assert pool is not None
+        return cls(pool, embedded)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+
+    async def ping(self) -> str | None:
+        """None when the database answers, else a short reason (never the URL)."""
+        try:
+            async with asyncio.timeout(2):
+                await self.pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
+            return f"database unreachable ({type(exc).__name__})"
+        return None
+
+
+DB_ERRORS: tuple[type[Exception], ...] = (
+    ConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    TimeoutError,
+)
+"""Failures that mean "the database is down", as opposed to a bug in a query."""

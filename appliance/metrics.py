@@ -1,0 +1,37 @@
+"""Prometheus metrics, one registry for the process.
+
+Names follow Prometheus conventions (raiox_ prefix, base units, _total counters); labels are
+always from small fixed sets, never hashes, emails or ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+STAGE_SECONDS = Histogram(
+    "raiox_stage_duration_seconds",
+    "Time spent per identification stage.",
+    ["stage"],  # decode, preprocess, cache, encode, search, store, record
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+IDENTIFICATIONS = Counter(
+    "raiox_identifications_total",
+    "Identifications by source and outcome.",
+    ["source", "outcome"],  # source: upload/jotform/webhook/cli; outcome: ok/error
+    registry=REGISTRY,
+)
+CACHE_LOOKUPS = Counter(
+    "raiox_embedding_cache_lookups_total",
+    "Embedding cache lookups by result.",
+    ["backend", "result"],  # backend: redis/memory; result: hit/miss/error
+    registry=REGISTRY,
+)
+CACHE_UP = Gauge(
+    "raiox_embedding_cache_up",
+    "1 when the embedding cache backend answers, 0 while it is unreachable.",
+    ["backend"],
+    registry=REGISTRY,
+)
