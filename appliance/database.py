@@ -89,7 +89,7 @@ class EmbeddedPostgres:
         import pgserver  # imported lazily: production never needs the wheel's binaries
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         existing = self._server.psql(
             f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';"
         )

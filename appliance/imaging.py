@@ -9,12 +9,13 @@ their own value range, because Pillow's convert("RGB") clips them to near-black 
 from __future__ import annotations
 
 import io
-import warnings
+import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from appliance.errors import AppError
 
@@ -22,6 +23,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Pillow format -> (content type, file extension). MPO is how Pillow names many phone JPEGs.
+# GIF is left out on purpose: a palette animation format is not how radiographs are exported.
 FORMATS = {
     "JPEG": ("image/jpeg", ".jpg"),
     "MPO": ("image/jpeg", ".jpg"),
@@ -30,12 +32,32 @@ FORMATS = {
     "BMP": ("image/bmp", ".bmp"),
     "WEBP": ("image/webp", ".webp"),
 }
-MAX_ASPECT_RATIO = 20
+# The Pillow parsers tried on uploads (MPO images come out of the JPEG one).
+_PARSERS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+ACCEPTED = "send a JPEG, PNG, TIFF, BMP or WebP image"
+# Magic numbers of the accepted formats: a file that starts like one of them but that Pillow
+# cannot read is a broken image, not an unsupported type.
+_SIGNATURES = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"II*\x00",
+    b"MM\x00*",
+    b"II+\x00",
+    b"MM\x00+",
+    b"BM",
+)
+MAX_ASPECT_RATIO = 20  # panoramic radiographs are ~2.5:1; 20:1 is a strip, not a radiograph
 WINDOW_PERCENTILES = (0.5, 99.5)
+_WINDOW_SAMPLE = 1 << 22  # percentiles from at most ~4 M values: exact enough, light on memory
+_WINDOW_CHUNK = 1 << 20  # values converted to float at a time while windowing
+_HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+
+# Never decode a partial file: a truncated upload must fail, not embed half a grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-# EXIF orientation -> the transposes that undo it (ImageOps.exif_transpose does the same, but
-# needs the original image's mode, and 16-bit ones are converted first).
+# EXIF orientation -> the transposes that undo it, as ImageOps.exif_transpose does; applied by
+# hand because a 16-bit image is windowed first and the windowed copy has no EXIF left.
 _ORIENTATION = {
     2: (Image.Transpose.FLIP_LEFT_RIGHT,),
     3: (Image.Transpose.ROTATE_180,),
@@ -56,6 +78,17 @@ class PreprocessParams:
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"  # resize the short side to image_size, then center crop
+
+    def __post_init__(self) -> None:
+        # Only open_clip's default eval transform is implemented: a manifest asking for another
+        # must fail when it is loaded, not silently embed images differently.
+        if (self.interpolation, self.resize_mode) != ("bicubic", "shortest"):
+            raise ValueError(
+                f"unsupported preprocessing {self.interpolation}/{self.resize_mode}; "
+                "only bicubic/shortest is implemented"
+            )
+        if self.image_size <= 0 or 0.0 in self.std:
+            raise ValueError("image_size must be positive and std must not contain 0")
 
 
 @dataclass(frozen=True)
@@ -110,95 +143,160 @@ class BadDimensionsError(ImageError):
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
+    """Untrusted bytes -> an 8-bit RGB image upright, or an ImageError saying what is wrong.
+
+    The checks run cheapest first: size of the upload, then the header's dimensions, and only
+    then the pixel data, so a bomb or an oversized file costs no decoding."""
     if not data:
         raise EmptyImageError("The file is empty.")
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(
-            f"The file has {len(data):,} bytes; the limit is {limits.max_bytes:,}."
+            f"The file is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes."
         )
-    image = _open(data)
-    fmt = str(image.format)
+    declared = _png_declared_size(data)
+    if declared is not None:
+        _check_dimensions(declared, limits)
+    image = _open(data, limits)
     _check_dimensions(image.size, limits)
+    fmt = str(image.format)
     try:
-        image.load()  # header checks passed: now decoding is bounded
-        rgb = _to_rgb(image)
-    except ImageError:
-        raise
+        image.load()
     except Exception as exc:  # any decoder failure on untrusted bytes means a broken file
         raise CorruptImageError(f"The {fmt} image is truncated or corrupt.") from exc
+    rgb = _to_rgb(image)
     content_type, extension = FORMATS[fmt]
     return DecodedImage(rgb, fmt, content_type, extension, rgb.width, rgb.height)
 
 
-def _open(data: bytes) -> Image.Image:
-    """Read only the header (Image.open is lazy), so a bomb is refused before it is decoded."""
+def _png_declared_size(data: bytes) -> tuple[int, int] | None:
+    """A PNG's size from its IHDR, read before Pillow: Pillow refuses a zero side as "not an
+    image", and PNG (zlib) is the format a bomb is cheapest to build in."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Read only the header (Image.open is lazy), so a bomb is refused before it is decoded.
+
+    Only the accepted formats' parsers are tried: the rest of Pillow's plugins (EPS with its
+    Ghostscript call among them) never see untrusted bytes."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise TooManyPixelsError(f"The image has too many pixels ({exc}).") from exc
-    except (UnidentifiedImageError, ValueError) as exc:
-        raise UnsupportedImageError(
-            "Not a supported image: send JPEG, PNG, TIFF, BMP or WebP."
+        image = Image.open(io.BytesIO(data), formats=_PARSERS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own backstop (the warning is raised only when warnings are errors).
+        raise TooManyPixelsError(
+            f"The image has more pixels than Pillow will decode; the limit is "
+            f"{limits.max_pixels / 1e6:g} megapixels."
         ) from exc
+    except UnidentifiedImageError as exc:
+        if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise CorruptImageError("The image header is corrupt or truncated.") from exc
+        raise UnsupportedImageError(f"The file is not a supported image: {ACCEPTED}.") from exc
     except Exception as exc:
         raise CorruptImageError("The image header is corrupt.") from exc
     if image.format not in FORMATS:
-        raise UnsupportedImageError(
-            f"{image.format} images are not accepted: send JPEG, PNG, TIFF, BMP or WebP."
-        )
+        raise UnsupportedImageError(f"{image.format} images are not accepted: {ACCEPTED}.")
     return image
 
 
 def _check_dimensions(size: tuple[int, int], limits: ImageLimits) -> None:
     width, height = size
     if width <= 0 or height <= 0:
-        raise BadDimensionsError(f"The image is {width}x{height} pixels.")
+        raise BadDimensionsError(f"The image is {width}x{height} pixels: a side is empty.")
     if width * height > limits.max_pixels:
         raise TooManyPixelsError(
-            f"The image is {width}x{height} pixels; the limit is "
-            f"{limits.max_pixels / 1e6:g} megapixels."
+            f"The image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
+            f"the limit is {limits.max_pixels / 1e6:g} megapixels."
         )
     if max(width, height) > limits.max_side:
         raise BadDimensionsError(
             f"The image is {width}x{height} pixels; no side may exceed {limits.max_side}."
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise BadDimensionsError(f"The image is {width}x{height}: too narrow to be a radiograph.")
+        raise BadDimensionsError(
+            f"The image is {width}x{height} pixels: a strip that narrow is not a radiograph."
+        )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    orientation = image.getexif().get(0x0112, 1)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = window_to_8bit(np.asarray(image))
-    elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Radiograph backgrounds are dark: transparent areas become black, not white.
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    for transpose in _ORIENTATION.get(orientation, ()):
-        image = image.transpose(transpose)
-    return image.convert("RGB")
+    """Windowing and alpha flattening come before convert("RGB"), which would clip 16-bit
+    values and keep whatever colour hides under transparent pixels."""
+    mode = image.mode
+    orientation = _orientation(image)
+    try:
+        if mode in _HIGH_BIT_DEPTH_MODES:
+            image = window_to_8bit(np.asarray(image))
+        elif mode in _ALPHA_MODES or "transparency" in image.info:
+            image = _flatten_on_black(image)
+        for transpose in _ORIENTATION.get(orientation, ()):
+            image = image.transpose(transpose)
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except Exception as exc:
+        raise UnsupportedImageError(
+            f"A {mode} image cannot be converted to RGB: {ACCEPTED}."
+        ) from exc
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF is metadata: a broken block must not reject pixels that decoded fine."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _flatten_on_black(image: Image.Image) -> Image.Image:
+    """Transparent areas become black: a radiograph's background (unattenuated beam) is dark,
+    so a white fill would draw a bright frame the model has never seen around an implant."""
+    rgba = image.convert("RGBA")
+    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    return Image.alpha_composite(black, rgba)
 
 
 def window_to_8bit(values: np.ndarray) -> Image.Image:
-    """Map the bulk of a high-bit-depth image's values onto 0-255 (percentile window)."""
-    data = values.astype(np.float32)
-    finite = data[np.isfinite(data)]
-    if finite.size == 0:
-        return Image.new("L", (values.shape[1], values.shape[0]))
-    low, high = np.percentile(finite, WINDOW_PERCENTILES)
+    """Map the bulk of a high-bit-depth image's values onto 0-255 (percentile window).
+
+    Works in row chunks so a 60 MP 16-bit image costs its 8-bit result, not a float copy."""
+    low, high = _window(values)
+    scale = 255.0 / (high - low) if high > low else 0.0
+    out = np.empty(values.shape, dtype=np.uint8)
+    rows = max(1, _WINDOW_CHUNK // max(1, values.shape[1]))
+    for start in range(0, values.shape[0], rows):
+        chunk = np.nan_to_num(
+            values[start : start + rows].astype(np.float32), nan=low, posinf=high, neginf=low
+        )
+        chunk -= low
+        chunk *= scale
+        np.clip(chunk, 0.0, 255.0, out=chunk)
+        out[start : start + rows] = np.rint(chunk)
+    return Image.fromarray(out)
+
+
+def _window(values: np.ndarray) -> tuple[float, float]:
+    """The percentile window of the finite values, from a regular grid sample of a big image;
+    it falls back to min-max when most values are equal (a mostly-black image)."""
+    step = max(1, math.ceil(math.sqrt(values.size / _WINDOW_SAMPLE)))
+    sample = values[::step, ::step].ravel()
+    if sample.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0, 0.0
+    low, high = np.percentile(sample, WINDOW_PERCENTILES)
     if high <= low:
-        high = low + 1.0
-    scaled = (np.nan_to_num(data, nan=low) - low) * (255.0 / (high - low))
-    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+        low, high = sample.min(), sample.max()
+    return float(low), float(high)
 
 
 def preprocess(image: Image.Image, params: PreprocessParams) -> np.ndarray:
     """RGB PIL image -> float32 [3, size, size], identical to open_clip's eval transform:
-    BICUBIC resize of the short side (long side truncated), center crop with rounded offset,
-    scale to [0, 1], normalize."""
+    BICUBIC resize of the short side (long side truncated, as torchvision does), center crop
+    with a rounded offset, scale to [0, 1], normalize, all in float32."""
     size = params.image_size
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     width, height = image.size
     if width <= height:
         new_w, new_h = size, int(size * height / width)
@@ -210,11 +308,14 @@ def preprocess(image: Image.Image, params: PreprocessParams) -> np.ndarray:
     left = round((new_w - size) / 2.0)
     image = image.crop((left, top, left + size, top + size))
     pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    pixels = (pixels - np.asarray(params.mean, dtype=np.float32)) / np.asarray(
-        params.std, dtype=np.float32
-    )
+    pixels -= np.asarray(params.mean, dtype=np.float32)
+    pixels /= np.asarray(params.std, dtype=np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 def preprocess_batch(images: Sequence[Image.Image], params: PreprocessParams) -> np.ndarray:
-    return np.stack([preprocess(image, params) for image in images])
+    size = params.image_size
+    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
+    for i, image in enumerate(images):
+        batch[i] = preprocess(image, params)
+    return batch

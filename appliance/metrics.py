@@ -35,3 +35,14 @@ CACHE_UP = Gauge(
     ["backend"],
     registry=REGISTRY,
 )
+BATCH_SIZE = Histogram(
+    "raiox_encoder_batch_size",
+    "Images per ONNX Runtime call (micro-batching).",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+    registry=REGISTRY,
+)
+REJECTED = Counter(
+    "raiox_encoder_rejected_total",
+    "Requests refused with 503 because the encoder queue was full or did not clear in time.",
+    registry=REGISTRY,
+)

@@ -1,0 +1,99 @@
+"""GET /healthcheck (per-component status for people and load balancers) and GET /metrics."""
+
+from __future__ import annotations
+
+import shutil
+
+import msgspec
+from litestar import Controller, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from appliance.components import Components
+from appliance.metrics import REGISTRY
+
+
+class ComponentOut(msgspec.Struct):
+    status: str  # ok | degraded | down | off
+    detail: str
+
+
+class HealthOut(msgspec.Struct):
+    status: str
+    model: dict[str, str | bool]
+    components: dict[str, ComponentOut]
+
+
+class HealthController(Controller):
+    tags = ["operations"]
+
+    @get(
+        "/healthcheck",
+        summary="Per-component status; 200 while the appliance can identify, else 503",
+        responses={},
+    )
+    async def healthcheck(self, components: Components) -> Response[HealthOut]:
+        parts = {
+            "database": await _database(components),
+            "model": _model(components),
+            "cache": await _cache(components),
+            "storage": _storage(components),
+        }
+        down = any(p.status == "down" for p in parts.values())
+        degraded = any(p.status == "degraded" for p in parts.values())
+        body = HealthOut(
+            status="down" if down else "degraded" if degraded else "ok",
+            model={
+                "id": components.encoder.model_id,
+                "pretrained": components.encoder.pretrained,
+            },
+            components=parts,
+        )
+        return Response(body, status_code=503 if down else 200)
+
+    @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self) -> bytes:
+        return generate_latest(REGISTRY)
+
+
+async def _database(components: Components) -> ComponentOut:
+    problem = await components.database.ping()
+    if problem:
+        return ComponentOut("down", problem)
+    try:
+        stats = await components.catalog.stats()
+    except Exception as exc:  # the ping passed; a failing query is still "down" for health
+        return ComponentOut("down", f"catalog query failed ({type(exc).__name__})")
+    if not stats.references:
+        return ComponentOut("degraded", "connected; the catalog is empty (raiox catalog import)")
+    mismatched = [m for m in stats.references_by_model if m != components.encoder.model_id]
+    if mismatched:
+        return ComponentOut("degraded", "catalog made by another model: run raiox catalog reembed")
+    return ComponentOut(
+        "ok", f"connected; {stats.implants} implants, {stats.references} reference images"
+    )
+
+
+def _model(components: Components) -> ComponentOut:
+    encoder = components.encoder
+    if not encoder.pretrained:
+        return ComponentOut("ok", "loaded; UNTRAINED random weights (demo/test only)")
+    return ComponentOut("ok", f"loaded; {encoder.manifest.architecture} int8")
+
+
+async def _cache(components: Components) -> ComponentOut:
+    health = await components.cache.health()
+    return ComponentOut("ok" if health.ok else "degraded", f"{health.backend}: {health.detail}")
+
+
+def _storage(components: Components) -> ComponentOut:
+    root = components.store.root
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return ComponentOut("down", "local image folder is missing")
+    replication = "on" if components.settings.spaces_enabled else "off (no Spaces credentials)"
+    if free < 512 * 1024 * 1024:
+        return ComponentOut(
+            "degraded", f"low disk: {free // 2**20} MiB free; replication {replication}"
+        )
+    return ComponentOut("ok", f"{free // 2**30} GiB free; replication {replication}")

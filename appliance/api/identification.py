@@ -1,0 +1,87 @@
+"""POST /upload and GET /submissions/{id}: the prototype's direct-upload path."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+
+from appliance.api.schemas import IdentificationOut, ModelOut, identification_out
+from appliance.errors import AppError
+from appliance.identify import Identifier
+from appliance.submissions import SubmissionRepository, Submitter
+
+
+class MissingFileError(AppError):
+    status_code = 422
+    code = "missing_file"
+
+
+@dataclass
+class UploadForm:
+    """The prototype's form fields, kept so existing forms keep working."""
+
+    file: UploadFile | None = None
+    nome: str | None = None
+    email: str | None = None
+    paciente: str | None = None
+    dente: str | None = None
+
+
+def model_out(identifier: Identifier) -> ModelOut:
+    return ModelOut(id=identifier.model_id, pretrained=identifier.model_pretrained)
+
+
+class IdentificationController(Controller):
+    tags = ["identification"]
+
+    @post(
+        "/upload",
+        status_code=200,
+        summary="Identify the implant in one radiograph",
+        description=(
+            "Multipart form with `file` (JPEG, PNG 8/16-bit, TIFF, BMP or WebP) and optional "
+            "`nome`, `email`, `paciente`, `dente`. Answers the three most similar reference "
+            "implants. Errors: 400/413/415/422 for bad images or bodies, 409 when the catalog "
+            "is empty or made by another model, 503 when a dependency is down or the "
+            "appliance is saturated (with Retry-After)."
+        ),
+    )
+    async def upload(
+        self,
+        data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
+        identifier: Identifier,
+        base_url: str,
+    ) -> IdentificationOut:
+        if data.file is None or not isinstance(data.file, UploadFile):
+            raise MissingFileError("Send the radiograph as the multipart field `file`.")
+        content = await data.file.read()
+        submitter = Submitter(
+            dentist_name=_clean(data.nome),
+            dentist_email=_clean(data.email),
+            patient_name=_clean(data.paciente),
+            tooth=_clean(data.dente),
+        )
+        submission = await identifier.identify_upload(content, source="upload", submitter=submitter)
+        return identification_out(submission, model_out(identifier), base_url)
+
+    @get("/submissions/{submission_id:uuid}", summary="A stored identification result")
+    async def get_submission(
+        self,
+        submission_id: uuid.UUID,
+        submissions: SubmissionRepository,
+        identifier: Identifier,
+        base_url: str,
+    ) -> IdentificationOut:
+        submission = await submissions.get(submission_id)
+        return identification_out(submission, model_out(identifier), base_url)
+
+
+def _clean(value: str | None) -> str | None:
+    text = (value or "").strip()
+    return text[:500] or None

@@ -1,0 +1,83 @@
+"""The reference catalog: GET /implants, /implants/{id}, and reference images."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Response, get
+from litestar.params import Parameter
+
+from appliance.api.schemas import (
+    ImplantDetailOut,
+    ImplantPageOut,
+    implant_out,
+    reference_url,
+)
+from appliance.catalog import Catalog
+from appliance.components import Components
+from appliance.errors import AppError
+
+
+class ReferenceNotFoundError(AppError):
+    status_code = 404
+    code = "reference_not_found"
+
+
+class ImplantController(Controller):
+    tags = ["catalog"]
+
+    @get("/implants", summary="List reference implants (paginated, filter by manufacturer)")
+    async def list_implants(
+        self,
+        catalog: Catalog,
+        manufacturer: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        offset: Annotated[int, Parameter(ge=0)] = 0,
+    ) -> ImplantPageOut:
+        items, total = await catalog.list_implants(
+            manufacturer=manufacturer, limit=limit, offset=offset
+        )
+        return ImplantPageOut(
+            items=[implant_out(i) for i in items], total=total, limit=limit, offset=offset
+        )
+
+    @get("/implants/{implant_id:int}", summary="One reference implant")
+    async def get_implant(
+        self, implant_id: int, catalog: Catalog, base_url: str
+    ) -> ImplantDetailOut:
+        implant, reference_ids = await catalog.get_implant(implant_id)
+        base = implant_out(implant)
+        return ImplantDetailOut(
+            **{f: getattr(base, f) for f in base.__struct_fields__},
+            notes=implant.notes,
+            reference_image_urls=[reference_url(base_url, r) for r in reference_ids],
+        )
+
+    @get(
+        "/references/{reference_id:int}/image",
+        summary="A reference image of the catalog",
+        media_type="image/*",
+    )
+    async def reference_image(
+        self, reference_id: int, catalog: Catalog, components: Components
+    ) -> Response[bytes]:
+        ref = await catalog.get_reference(reference_id)
+        data = await components.store.read(ref.storage_key) if ref else None
+        if ref is None or data is None:
+            raise ReferenceNotFoundError(f"No reference image with id {reference_id}.")
+        return Response(
+            data,
+            media_type=_media_type(ref.storage_key),
+            headers={"Cache-Control": "private, max-age=86400"},
+        )
+
+
+def _media_type(key: str) -> str:
+    ext = key.rsplit(".", 1)[-1].lower()
+    return {
+        "png": "image/png",
+        "jpg": "image/jpeg",
+        "tif": "image/tiff",
+        "bmp": "image/bmp",
+        "webp": "image/webp",
+    }.get(ext, "application/octet-stream")

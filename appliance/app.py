@@ -1,0 +1,54 @@
+"""create_app(settings) -> Litestar. The lifespan builds the components once per process and
+closes them on shutdown (including the embedded Postgres)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from appliance.api.dependencies import DEPENDENCIES
+from appliance.api.errors import exception_handlers
+from appliance.api.health import HealthController
+from appliance.api.identification import IdentificationController
+from appliance.api.implants import ImplantController
+from appliance.components import Components, build_components
+from appliance.settings import Settings
+
+# Room for the multipart envelope and the text fields around the largest accepted image.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings, components: Components | None = None) -> Litestar:
+    """`components` lets the CLI or a test share already-built components with the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if components is not None:  # owned by the caller, already in state
+            yield
+            return
+        app.state.components = await build_components(settings)
+        try:
+            yield
+        finally:
+            await app.state.components.close()
+
+    return Litestar(
+        route_handlers=[IdentificationController, ImplantController, HealthController],
+        dependencies=DEPENDENCIES,
+        exception_handlers=exception_handlers(),
+        lifespan=[lifespan],
+        state=State({"components": components} if components else {}),
+        request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="Raiox appliance",
+            version="0.1.0",
+            description="Identifies the dental implant in a radiograph (CLIP ViT-B/32 int8).",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/")],
+        ),
+    )

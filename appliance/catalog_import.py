@@ -1,0 +1,217 @@
+"""Loading the reference catalog: import from a manifest, re-embed with a new model, and the
+synthetic demo catalog.
+
+Import is idempotent: implants are matched by (manufacturer, name) and reference images by
+their sha256, so re-running a manifest embeds only what is new or was made by another model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from appliance import outbox
+from appliance.catalog import Catalog, NewImplant
+from appliance.errors import AppError
+from appliance.identify import Embedder
+from appliance.progress import Progress
+from appliance.storage import LocalImageStore, reference_key, sha256_hex
+
+ImageSource = Path | bytes
+
+
+class ManifestError(AppError):
+    status_code = 422
+    code = "invalid_manifest"
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    implant: NewImplant
+    images: Sequence[ImageSource] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    implants: int
+    embedded: int
+    skipped: int
+
+
+def read_manifest(path: Path) -> list[ReferenceSpec]:
+    """CSV (one row per image; rows of the same implant are merged) or JSON (a list of implants,
+    each with `images`); image paths are relative to the manifest's folder."""
+    if not path.is_file():
+        raise ManifestError(f"No manifest at {path}.")
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        rows = data["implants"] if isinstance(data, dict) else data
+    else:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    merged: dict[tuple[str, str], tuple[NewImplant, list[ImageSource]]] = {}
+    for n, row in enumerate(rows, start=1):
+        implant = _implant_from(row, n)
+        _, images = merged.setdefault((implant.manufacturer, implant.name), (implant, []))
+        images.extend(path.parent / p for p in _image_paths(row))
+    return [ReferenceSpec(implant, images) for implant, images in merged.values()]
+
+
+def _implant_from(row: dict[str, Any], n: int) -> NewImplant:
+    name, manufacturer = str(row.get("name") or "").strip(), str(row.get("manufacturer") or "")
+    if not name or not manufacturer.strip():
+        raise ManifestError(f"Entry {n} needs a name and a manufacturer.")
+    return NewImplant(
+        name=name,
+        manufacturer=manufacturer.strip(),
+        type=str(row.get("type") or "").strip(),
+        platform=_opt_str(row.get("platform")),
+        diameter_mm=_opt_float(row.get("diameter_mm"), n),
+        length_mm=_opt_float(row.get("length_mm"), n),
+        notes=_opt_str(row.get("notes")),
+    )
+
+
+def _image_paths(row: dict[str, Any]) -> list[str]:
+    value = row.get("images", row.get("image"))
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [p.strip() for p in str(value or "").split(";") if p.strip()]
+
+
+def _opt_str(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _opt_float(value: Any, n: int) -> float | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ManifestError(f"Entry {n}: {value!r} is not a number.") from exc
+
+
+def _read(source: ImageSource) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    try:
+        return source.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"Cannot read reference image {source}: {exc.strerror}.") from exc
+
+
+async def import_catalog(
+    specs: Sequence[ReferenceSpec],
+    *,
+    pool: asyncpg.Pool,
+    catalog: Catalog,
+    embedder: Embedder,
+    store: LocalImageStore,
+    progress: Callable[[int, str], Progress] = Progress,
+) -> ImportReport:
+    model_id = embedder.encoder.model_id
+    bar = progress(sum(len(s.images) for s in specs), "import")
+    embedded = skipped = 0
+    for spec in specs:
+        async with pool.acquire() as conn:
+            implant_id = await catalog.upsert_implant(conn, spec.implant)
+        for source in spec.images:
+            data = _read(source)
+            digest = sha256_hex(data)
+            async with pool.acquire() as conn:
+                known = await conn.fetchval(
+                    "SELECT model_id FROM reference_images WHERE implant_id = $1 AND sha256 = $2",
+                    implant_id,
+                    digest,
+                )
+            if known == model_id:
+                skipped += 1
+            else:
+                await _add_reference(pool, catalog, embedder, store, implant_id, data)
+                embedded += 1
+            bar.advance(note=spec.implant.name)
+    bar.close()
+    await catalog.ensure_index()
+    await catalog.stats(fresh=True)
+    return ImportReport(len(specs), embedded, skipped)
+
+
+async def _add_reference(
+    pool: asyncpg.Pool,
+    catalog: Catalog,
+    embedder: Embedder,
+    store: LocalImageStore,
+    implant_id: int,
+    data: bytes,
+) -> None:
+    embedding = await embedder.embed(data)
+    key = reference_key(embedding.sha256, embedding.decoded.extension)
+    stored = await store.put(key, data, embedding.decoded.content_type)
+    async with pool.acquire() as conn, conn.transaction():
+        await catalog.add_reference(
+            conn,
+            implant_id=implant_id,
+            storage_key=stored.key,
+            sha256=stored.sha256,
+            model_id=embedder.encoder.model_id,
+            embedding=embedding.vector,
+        )
+        await outbox.enqueue(conn, stored)
+
+
+async def reembed_catalog(
+    *,
+    catalog: Catalog,
+    embedder: Embedder,
+    store: LocalImageStore,
+    progress: Callable[[int, str], Progress] = Progress,
+) -> int:
+    """Re-embed every reference made by another model, from the stored image bytes."""
+    model_id = embedder.encoder.model_id
+    refs = await catalog.references(not_model=model_id)
+    bar = progress(len(refs), "reembed")
+    for ref in refs:
+        data = await store.read(ref.storage_key)
+        if data is None:
+            raise ManifestError(
+                f"Reference image {ref.storage_key} is missing from local storage; "
+                "restore it before re-embedding."
+            )
+        embedding = await embedder.embed(data)
+        await catalog.update_embeddings([(ref.id, embedding.vector)], model_id)
+        bar.advance()
+    bar.close()
+    await catalog.stats(fresh=True)
+    return len(refs)
+
+
+def demo_specs(views_per_implant: int = 3) -> list[ReferenceSpec]:
+    """The synthetic demo catalog: rendered implants, labelled synthetic everywhere."""
+    from appliance import demo_catalog
+
+    specs = []
+    for implant in demo_catalog.DEMO_IMPLANTS:
+        images: list[ImageSource] = [
+            demo_catalog.png_bytes(demo_catalog.render_reference(implant, view))
+            for view in range(views_per_implant)
+        ]
+        new = NewImplant(
+            name=implant.name,
+            manufacturer=implant.manufacturer,
+            type=implant.type,
+            platform=implant.platform,
+            diameter_mm=implant.diameter_mm,
+            length_mm=implant.length_mm,
+            notes=demo_catalog.SYNTHETIC_NOTE,
+            synthetic=True,
+        )
+        specs.append(ReferenceSpec(new, images))
+    return specs

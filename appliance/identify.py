@@ -1,0 +1,197 @@
+"""The identification use case: image bytes -> hash -> cache/encode -> search -> record -> result.
+
+The order is chosen so that nothing is lost and nothing half-written stays behind: a bad image
+is refused before anything is stored; a good one is on disk before the database is touched;
+the submission row exists before the slow work, and its result is written in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from appliance import metrics
+from appliance.cache import EmbeddingCache
+from appliance.catalog import Catalog
+from appliance.errors import AppError
+from appliance.imaging import DecodedImage, ImageLimits, decode_image
+from appliance.storage import LocalImageStore, client_key, sha256_hex, upload_key
+from appliance.submissions import (
+    Submission,
+    SubmissionImage,
+    SubmissionRepository,
+    Submitter,
+    client_id_for,
+)
+
+log = logging.getLogger(__name__)
+
+# Form deliveries are kept per dentist (the seed's clientes/{id}/); direct uploads in uploads/.
+FORM_SOURCES = frozenset({"jotform", "webhook"})
+
+
+class ImageEncoder(Protocol):
+    """What identification needs from the model: one image in, one unit vector out."""
+
+    model_id: str
+    pretrained: bool
+
+    def admit(self) -> AbstractAsyncContextManager[None]:
+        """Hold a place for one request; raise a 503-type error at once when saturated."""
+        ...
+
+    async def embed(self, image: DecodedImage) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Embedding:
+    decoded: DecodedImage
+    sha256: str
+    vector: np.ndarray
+    cached: bool
+
+
+def storage_key(source: str, client_id: str | None, sha256: str, extension: str) -> str:
+    if client_id and source in FORM_SOURCES:
+        return client_key(client_id, sha256, extension)
+    return upload_key(sha256, extension)
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.STAGE_SECONDS.labels(stage).observe(time.perf_counter() - start)
+
+
+class Embedder:
+    """Bytes to vector, with the cache in front of the model and CPU work off the event loop."""
+
+    def __init__(self, encoder: ImageEncoder, cache: EmbeddingCache, limits: ImageLimits) -> None:
+        self.encoder = encoder
+        self.cache = cache
+        self.limits = limits
+
+    async def decode(self, data: bytes) -> DecodedImage:
+        with timed("decode"):
+            return await asyncio.to_thread(decode_image, data, self.limits)
+
+    async def embed(self, data: bytes, decoded: DecodedImage | None = None) -> Embedding:
+        decoded = decoded or await self.decode(data)
+        digest = sha256_hex(data)
+        with timed("cache"):
+            vector = await self.cache.get(self.encoder.model_id, digest)
+        if vector is not None:
+            return Embedding(decoded, digest, vector, cached=True)
+        with timed("encode"):
+            vector = await self.encoder.embed(decoded)
+        await self.cache.put(self.encoder.model_id, digest, vector)
+        return Embedding(decoded, digest, vector, cached=False)
+
+
+class Identifier:
+    def __init__(
+        self,
+        *,
+        embedder: Embedder,
+        catalog: Catalog,
+        submissions: SubmissionRepository,
+        store: LocalImageStore,
+        top_k: int,
+        client_secret: bytes,
+    ) -> None:
+        self.embedder = embedder
+        self.catalog = catalog
+        self.submissions = submissions
+        self.store = store
+        self.top_k = top_k
+        self.client_secret = client_secret
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.encoder.model_id
+
+    @property
+    def model_pretrained(self) -> bool:
+        return self.embedder.encoder.pretrained
+
+    async def identify_upload(
+        self, data: bytes, *, source: str, submitter: Submitter, external_id: str | None = None
+    ) -> Submission:
+        """One image submitted directly (HTTP upload, CLI): validated before anything is kept."""
+        async with self.embedder.encoder.admit():
+            decoded = await self.embedder.decode(data)
+            await self.catalog.check_model(self.model_id)
+            client_id = client_id_for(submitter.dentist_email, self.client_secret)
+            # On disk before the database is touched: an outage there loses no image.
+            await self.store.put(
+                storage_key(source, client_id, sha256_hex(data), decoded.extension),
+                data,
+                decoded.content_type,
+            )
+            submission, created = await self.submissions.create(
+                source=source,
+                external_id=external_id,
+                submitter=submitter,
+                client_id=client_id,
+                image_urls=[None],
+            )
+            if not created:
+                return submission
+            try:
+                await self.process_image(submission, submission.images[0], data, decoded)
+            finally:
+                finished = await self.finish(submission)
+            return finished
+
+    async def process_image(
+        self,
+        submission: Submission,
+        image: SubmissionImage,
+        data: bytes,
+        decoded: DecodedImage | None = None,
+    ) -> None:
+        """Store, embed, search and record one image; a failure is recorded on the image and
+        re-raised, with the bytes kept on disk for a retry."""
+        try:
+            decoded = decoded or await self.embedder.decode(data)
+            key = storage_key(
+                submission.source, submission.client_id, sha256_hex(data), decoded.extension
+            )
+            with timed("store"):
+                stored = await self.store.put(key, data, decoded.content_type)
+            embedding = await self.embedder.embed(data, decoded)
+            with timed("search"):
+                matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)
+            with timed("record"):
+                await self.submissions.record_result(
+                    image.id,
+                    stored,
+                    model_id=self.model_id,
+                    model_pretrained=self.model_pretrained,
+                    matches=matches,
+                )
+        except AppError as exc:
+            await self._fail_image(image, exc.detail)
+            raise
+
+    async def finish(self, submission: Submission) -> Submission:
+        finished = await self.submissions.finish(submission.id)
+        outcome = "ok" if finished.status == "done" else "error"
+        metrics.IDENTIFICATIONS.labels(submission.source, outcome).inc()
+        return finished
+
+    async def _fail_image(self, image: SubmissionImage, reason: str) -> None:
+        try:
+            await self.submissions.mark_image_failed(image.id, reason)
+        except Exception:  # the database may be what failed; the original error matters more
+            log.warning("could not record the failure of image %s", image.id)

@@ -1,0 +1,234 @@
+"""End-to-end HTTP benchmark: the appliance with its embedded defaults and the demo catalog
+(random-weight int8 model) driven over loopback, against a torch fp32 baseline in the same run.
+
+    python tests/bench/http.py [--model-dir DIR] [--quick]
+
+Prints one JSON object (keys are read by other tools; do not rename them). Every uncached
+request carries a distinct ~1 MP JPEG; cached requests repeat images already seen.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, where "http.py" would shadow
+# the standard library's http package that httpx imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+RAIOX = [sys.executable, "-m", "appliance"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_images(count: int, seed: int) -> list[bytes]:
+    """Distinct ~1 MP JPEGs: synthetic radiographs with per-image noise, so hashes differ."""
+    from appliance.demo_catalog import DEMO_IMPLANTS, render_patient_sample
+
+    rng = np.random.default_rng(seed)
+    bases = [
+        np.asarray(
+            render_patient_sample(DEMO_IMPLANTS[i % 32], seed=i).convert("L").resize((1152, 864)),
+            dtype=np.int16,
+        )
+        for i in range(8)
+    ]
+    images = []
+    for n in range(count):
+        noisy = bases[n % len(bases)] + rng.integers(-6, 7, size=bases[0].shape)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        images.append(buf.getvalue())
+    return images
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def drive(url: str, images: list[bytes], concurrency: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    counts = {"errors": 0, "rejected_503": 0}
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for image in images:
+        queue.put_nowait(image)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                data = queue.get_nowait()
+                start = time.perf_counter()
+                try:
+                    r = await client.post(url, files={"file": ("x.jpg", data, "image/jpeg")})
+                except httpx.HTTPError:
+                    counts["errors"] += 1
+                    continue
+                if r.status_code == 200:
+                    latencies.append((time.perf_counter() - start) * 1000)
+                elif r.status_code == 503:
+                    counts["rejected_503"] += 1
+                else:
+                    counts["errors"] += 1
+
+        wall = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - wall
+    return {
+        "p50_ms": round(statistics.median(latencies), 2) if latencies else None,
+        "p95_ms": round(percentile(latencies, 95), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "rps": round(len(latencies) / wall, 2),
+        **counts,
+    }
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"server at {url} did not come up")
+
+
+def ensure_model(model_dir: Path) -> None:
+    if not (model_dir / "manifest.json").is_file():
+        subprocess.run(
+            [*RAIOX, "model", "build", "--weights", "random", "--no-fp32", "--out", str(model_dir)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "build" / "bench-model")
+    parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    args = parser.parse_args()
+    scale = 0.25 if args.quick else 1.0
+    ensure_model(args.model_dir)
+    data_dir = Path(tempfile.mkdtemp(prefix="raiox-bench-", dir="/tmp"))
+    env = {
+        **os.environ,
+        "RAIOX_DATA_DIR": str(data_dir),
+        "RAIOX_MODEL_DIR": str(args.model_dir),
+        "RAIOX_ALLOW_UNTRAINED_MODEL": "1",
+    }
+    env.pop("RAIOX_DATABASE_URL", None)
+    env.pop("RAIOX_REDIS_URL", None)
+    subprocess.run([*RAIOX, "catalog", "demo"], env=env, check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [*RAIOX, "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL
+    )
+    result: dict[str, Any] = {"uncached": {}, "cached": {}}
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthcheck", server)
+        sampler = RssSampler(server.pid)
+        sampler.start()
+        url = f"{base}/upload"
+        counts = {"errors": 0, "rejected_503": 0}
+        for seed, (concurrency, n) in enumerate(((1, 40), (4, 80), (16, 160)), start=1):
+            n = max(int(n * scale), concurrency * 2)
+            images = make_images(n, seed)
+            asyncio.run(drive(url, images[: concurrency * 2], concurrency))  # warm-up
+            stats = asyncio.run(drive(url, make_images(n, seed + 100), concurrency))
+            for key in counts:
+                counts[key] += stats.pop(key)
+            result["uncached"][str(concurrency)] = stats
+            repeats = (images[: concurrency * 2] * (n // (concurrency * 2) + 1))[:n]
+            stats = asyncio.run(drive(url, repeats, concurrency))
+            for key in counts:
+                counts[key] += stats.pop(key)
+            result["cached"][str(concurrency)] = stats
+        sampler.running = False
+        sampler.join()
+        result.update(counts)
+        result["server_peak_rss_mb"] = round(sampler.peak / 2**20, 1)
+        database_url = _embedded_database_url(data_dir)
+    finally:
+        server.terminate()
+        server.wait(30)
+    result["baseline_torch_fp32"] = {"16": baseline(database_url, env, scale)}
+    ours = result["uncached"]["16"]["rps"]
+    theirs = result["baseline_torch_fp32"]["16"]["rps"]
+    result["speedup_vs_torch_rps"] = round(ours / theirs, 2) if theirs else None
+    print(json.dumps(result))
+
+
+def _embedded_database_url(data_dir: Path) -> str:
+    import pgserver
+
+    server = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+    return str(server.get_uri(database="raiox"))
+
+
+def baseline(database_url: str, env: dict[str, str], scale: float) -> dict[str, Any]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/bench/baseline_torch.py"), str(port), database_url],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/schema", proc)
+        url = f"http://127.0.0.1:{port}/upload"
+        n = max(int(64 * scale), 32)
+        asyncio.run(drive(url, make_images(8, 500), 4))
+        stats = asyncio.run(drive(url, make_images(n, 501), 16))
+        stats.pop("errors")
+        stats.pop("rejected_503")
+        return stats
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
