@@ -200,18 +200,21 @@ def demo(
         model_build(out=settings.model_dir, weights="random", fp32=False)
     catalog_demo(views=3)
     port = port or settings.port
-    server = _start_server(settings, port)
+    server, thread = _start_server(settings, port)
     try:
         _identify_sample(settings.host, port)
         if serve_after:
             typer.echo(f"Serving on http://{settings.host}:{port} (docs at /docs); Ctrl-C stops.")
-            while server.is_alive():
-                server.join(1)
+            while thread.is_alive():
+                thread.join(1)
     except KeyboardInterrupt:
         pass
+    finally:
+        server.should_exit = True  # let the lifespan close the pool before Postgres stops
+        thread.join(30)
 
 
-def _start_server(settings: Settings, port: int) -> threading.Thread:
+def _start_server(settings: Settings, port: int) -> tuple[Any, threading.Thread]:
     import uvicorn
 
     from appliance.app import create_app
@@ -226,7 +229,7 @@ def _start_server(settings: Settings, port: int) -> threading.Thread:
         if not thread.is_alive() or time.monotonic() > deadline:
             _fail("the server did not start; see the log above")
         time.sleep(0.1)
-    return thread
+    return server, thread
 
 
 def _identify_sample(host: str, port: int) -> None:
@@ -300,6 +303,8 @@ def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def main() -> int:

@@ -392,6 +392,7 @@ def test_16_bit_png_orientation_is_applied_after_windowing() -> None:
     assert (decoded.width, decoded.height) == (40, 60)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_broken_exif_is_ignored_not_fatal() -> None:
     data = encode(rgb_image(60, 40), "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\xff\xff")
     assert decode_image(data, LIMITS).image.size == (60, 40)
@@ -571,6 +572,7 @@ def fuzz_cases(count: int, seed: int) -> list[bytes]:
     return cases
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the broken EXIF it skips
 def test_fuzzed_inputs_raise_only_image_errors() -> None:
     limits = ImageLimits(max_bytes=1 << 20, max_pixels=4_000_000, max_side=4096)
     outcomes: dict[str, int] = {}
