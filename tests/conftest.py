@@ -2,4 +2,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.model",
     "tests.fixtures.appliance",
+    "tests.fixtures.redis",
 ]

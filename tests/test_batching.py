@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 from typing import Any
 
@@ -11,12 +10,11 @@ import numpy as np
 from PIL import Image
 
 from appliance.batching import BatchingEncoder
-from appliance.components import Components, image_limits
+from appliance.components import Components
 from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_patient_sample
 from appliance.encoder import Encoder
-from appliance.identify import Embedder, Identifier
 from appliance.imaging import ImageLimits, decode_image
-from tests.fixtures.appliance import asgi_client
+from tests.fixtures.appliance import asgi_client, rewired
 
 
 def distinct_images(count: int, seed: int) -> list[bytes]:
@@ -59,17 +57,7 @@ async def test_a_lone_request_does_not_wait_for_a_batch(encoder: Encoder) -> Non
 
 def tight_components(comps: Components, queue_max: int) -> Components:
     """The shared components with an encoder whose queue holds only `queue_max` requests."""
-    batching = BatchingEncoder(comps.encoder, max_batch=2, queue_max=queue_max)
-    embedder = Embedder(batching, comps.cache, image_limits(comps.settings))
-    identifier = Identifier(
-        embedder=embedder,
-        catalog=comps.catalog,
-        submissions=comps.submissions,
-        store=comps.store,
-        top_k=comps.settings.top_k,
-        client_secret=b"test",
-    )
-    return dataclasses.replace(comps, batching=batching, embedder=embedder, identifier=identifier)
+    return rewired(comps, batching=BatchingEncoder(comps.encoder, max_batch=2, queue_max=queue_max))
 
 
 async def test_full_queue_answers_503_with_retry_after_and_recovers(

@@ -2,7 +2,8 @@
 handler that decodes with PIL, preprocesses and embeds with open_clip torch fp32 in eager mode
 (one image per call), then asks Postgres for the three nearest implants.
 
-Run: python tests/bench/baseline_torch.py PORT DATABASE_URL  (same random weights, seed 0).
+Run from the repository root (same random weights, seed 0):
+    python -m tests.bench.baseline_torch PORT DATABASE_URL
 """
 
 from __future__ import annotations

@@ -164,7 +164,10 @@ def main() -> None:
     subprocess.run([*RAIOX, "catalog", "demo"], env=env, check=True, capture_output=True)
     port = free_port()
     server = subprocess.Popen(
-        [*RAIOX, "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL
+        [*RAIOX, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     result: dict[str, Any] = {"uncached": {}, "cached": {}}
     try:
@@ -212,8 +215,10 @@ def _embedded_database_url(data_dir: Path) -> str:
 def baseline(database_url: str, env: dict[str, str], scale: float) -> dict[str, Any]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests/bench/baseline_torch.py"), str(port), database_url],
+        [sys.executable, "-m", "tests.bench.baseline_torch", str(port), database_url],
+        cwd=ROOT,
         env=env,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
