@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.model",
     "tests.fixtures.appliance",
     "tests.fixtures.redis",
+    "tests.fixtures.s3",
 ]
