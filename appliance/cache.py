@@ -118,7 +118,7 @@ class RedisEmbeddingCache:
             metrics.CACHE_LOOKUPS.labels(self.backend, "error").inc()
             return None
         self._recovered()
-        if raw is None or len(raw) % 4:
+        if not isinstance(raw, bytes) or len(raw) % 4:
             metrics.CACHE_LOOKUPS.labels(self.backend, "miss").inc()
             return None
         metrics.CACHE_LOOKUPS.labels(self.backend, "hit").inc()

@@ -17,6 +17,7 @@ from appliance.encoder import Encoder
 from appliance.errors import AppError
 from appliance.identify import Embedder, Identifier
 from appliance.imaging import ImageLimits
+from appliance.replication import SpacesClient
 from appliance.settings import Settings
 from appliance.storage import LocalImageStore
 from appliance.submissions import SubmissionRepository
@@ -41,6 +42,7 @@ class Components:
     store: LocalImageStore
     embedder: Embedder
     identifier: Identifier
+    spaces: SpacesClient | None = None
 
     async def close(self) -> None:
         await self.batching.close()

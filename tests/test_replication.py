@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import tempfile
@@ -15,10 +16,12 @@ import httpx
 import pytest
 
 from appliance import outbox
+from appliance.components import Components
 from appliance.database import Database
 from appliance.replication import Replicator, SpacesClient, requeue_dead, sync_status
 from appliance.settings import Settings
 from appliance.storage import LocalImageStore, sha256_hex
+from tests.fixtures.appliance import asgi_client
 from tests.fixtures.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
 _buckets = itertools.count()
@@ -155,3 +158,36 @@ async def test_dead_letters_after_max_attempts_and_requeue(rig: Rig, s3_server: 
     assert await requeue_dead(rig.database.pool) == 2
     assert await worker.run_once() == 2
     assert await states(rig) == {"done": 2}
+
+
+async def test_reference_served_through_spaces_when_the_local_copy_is_gone(
+    demo_components: Components, s3_server: S3Server
+) -> None:
+    s3_server.ensure_running()
+    settings = demo_components.settings.replace(
+        spaces_endpoint=s3_server.endpoint,
+        spaces_bucket="raiox-test-fallback",
+        spaces_access_key=ACCESS_KEY,
+        spaces_secret_key=SECRET_KEY,
+    )
+    client = s3_server.client()
+    client.create_bucket(Bucket="raiox-test-fallback")  # type: ignore[attr-defined]
+    comps = dataclasses.replace(demo_components, settings=settings, spaces=SpacesClient(settings))
+    ref = await comps.database.pool.fetchrow(
+        "SELECT id, storage_key FROM reference_images ORDER BY id DESC LIMIT 1"
+    )
+    path = comps.store.path(ref["storage_key"])
+    data = path.read_bytes()
+    client.put_object(Bucket="raiox-test-fallback", Key=ref["storage_key"], Body=data)  # type: ignore[attr-defined]
+    moved = path.with_suffix(".away")
+    path.rename(moved)
+    try:
+        async with asgi_client(comps) as api:
+            response = await api.get(f"/references/{ref['id']}/image")
+            assert response.status_code == 307, response.text
+            location = response.headers["location"]
+            assert location.startswith(s3_server.endpoint) and "Signature" in location
+        async with httpx.AsyncClient() as plain:
+            assert (await plain.get(location)).content == data
+    finally:
+        moved.rename(path)

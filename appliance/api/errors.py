@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -14,6 +15,7 @@ from appliance.database import DB_ERRORS
 from appliance.errors import AppError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
+AnyRequest = Request[Any, Any, Any]
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -34,14 +36,14 @@ def error_response(
     return Response({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
-def app_error(_: Request, exc: AppError) -> Response[dict[str, str]]:
+def app_error(_: AnyRequest, exc: AppError) -> Response[dict[str, str]]:
     headers = None
     if isinstance(exc, ServiceUnavailableError):
         headers = {"Retry-After": str(exc.retry_after_s)}
     return error_response(exc.status_code, exc.code, exc.detail, headers)
 
 
-def validation_error(_: Request, exc: ValidationException) -> Response[dict[str, str]]:
+def validation_error(_: AnyRequest, exc: ValidationException) -> Response[dict[str, str]]:
     problems = "; ".join(
         f"{e.get('key', 'body')}: {e.get('message', 'invalid')}"
         for e in (exc.extra if isinstance(exc.extra, list) else [])
@@ -50,7 +52,7 @@ def validation_error(_: Request, exc: ValidationException) -> Response[dict[str,
     return error_response(400, "invalid_request", problems or str(exc.detail))
 
 
-def http_error(_: Request, exc: HTTPException) -> Response[dict[str, str]]:
+def http_error(_: AnyRequest, exc: HTTPException) -> Response[dict[str, str]]:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     detail = str(exc.detail)
     if exc.status_code == 413:
@@ -58,7 +60,7 @@ def http_error(_: Request, exc: HTTPException) -> Response[dict[str, str]]:
     return error_response(exc.status_code, code, detail, exc.headers)
 
 
-def database_down(_: Request, exc: Exception) -> Response[dict[str, str]]:
+def database_down(_: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
     log.error("database unavailable: %s", type(exc).__name__)
     return error_response(
         503,
@@ -68,7 +70,7 @@ def database_down(_: Request, exc: Exception) -> Response[dict[str, str]]:
     )
 
 
-def os_error(request: Request, exc: Exception) -> Response[dict[str, str]]:
+def os_error(request: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
     """A refused or vanished database socket surfaces as a plain OSError from asyncpg."""
     if raised_by_database_driver(exc):
         return database_down(request, exc)
@@ -84,7 +86,7 @@ def raised_by_database_driver(exc: BaseException) -> bool:
     return False
 
 
-def internal_error(_: Request, exc: Exception) -> Response[dict[str, str]]:
+def internal_error(_: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
     log.exception("unhandled error", exc_info=exc)
     return error_response(
         HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "An unexpected error occurred."

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.components import Components
 from appliance.metrics import REGISTRY
+from appliance.replication import sync_status
 
 
 class ComponentOut(msgspec.Struct):
@@ -36,7 +37,7 @@ class HealthController(Controller):
             "database": await _database(components),
             "model": _model(components),
             "cache": await _cache(components),
-            "storage": _storage(components),
+            "storage": await _storage(components),
         }
         down = any(p.status == "down" for p in parts.values())
         degraded = any(p.status == "degraded" for p in parts.values())
@@ -85,13 +86,21 @@ async def _cache(components: Components) -> ComponentOut:
     return ComponentOut("ok" if health.ok else "degraded", f"{health.backend}: {health.detail}")
 
 
-def _storage(components: Components) -> ComponentOut:
+async def _storage(components: Components) -> ComponentOut:
     root = components.store.root
     try:
         free = shutil.disk_usage(root).free
     except OSError:
         return ComponentOut("down", "local image folder is missing")
-    replication = "on" if components.settings.spaces_enabled else "off (no Spaces credentials)"
+    replication = "off (no Spaces credentials)"
+    if components.settings.spaces_enabled:
+        try:
+            sync = await sync_status(components.database.pool)
+        except Exception:  # the database part of health reports why
+            return ComponentOut("degraded", "replication status unavailable")
+        replication = f"on, {sync.pending} pending, {len(sync.dead)} dead letters"
+        if sync.dead:
+            return ComponentOut("degraded", f"replication {replication} (raiox sync status)")
     if free < 512 * 1024 * 1024:
         return ComponentOut(
             "degraded", f"low disk: {free // 2**20} MiB free; replication {replication}"

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from litestar import Controller, Response, get
 from litestar.params import Parameter
+from litestar.response import Redirect
 
 from appliance.api.schemas import (
     ImplantDetailOut,
@@ -55,14 +56,19 @@ class ImplantController(Controller):
 
     @get(
         "/references/{reference_id:int}/image",
-        summary="A reference image of the catalog",
-        media_type="image/*",
+        summary="A reference image of the catalog (a redirect to Spaces if not held locally)",
     )
     async def reference_image(
         self, reference_id: int, catalog: Catalog, components: Components
-    ) -> Response[bytes]:
+    ) -> Response[bytes] | Redirect:
         ref = await catalog.get_reference(reference_id)
         data = await components.store.read(ref.storage_key) if ref else None
+        if ref is not None and data is None and components.spaces is not None:
+            # the local copy is gone (pruned or lost): a short-lived signed link to the replica
+            url = await components.spaces.presign_get(
+                ref.storage_key, components.settings.spaces_presign_seconds
+            )
+            return Redirect(url, status_code=307)
         if ref is None or data is None:
             raise ReferenceNotFoundError(f"No reference image with id {reference_id}.")
         return Response(
