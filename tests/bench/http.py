@@ -122,11 +122,12 @@ class RssSampler(threading.Thread):
             time.sleep(0.05)
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 180) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited early with {proc.returncode}")
+            tail = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"server exited early with {proc.returncode}:\n{tail}")
         try:
             if httpx.get(url, timeout=2).status_code < 500:
                 return
@@ -163,16 +164,17 @@ def main() -> None:
     env.pop("RAIOX_REDIS_URL", None)
     subprocess.run([*RAIOX, "catalog", "demo"], env=env, check=True, capture_output=True)
     port = free_port()
+    server_log = data_dir / "server.log"
     server = subprocess.Popen(
         [*RAIOX, "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=server_log.open("wb"),
     )
     result: dict[str, Any] = {"uncached": {}, "cached": {}}
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/healthcheck", server)
+        wait_http(f"{base}/healthcheck", server, server_log)
         sampler = RssSampler(server.pid)
         sampler.start()
         url = f"{base}/upload"
@@ -214,15 +216,16 @@ def _embedded_database_url(data_dir: Path) -> str:
 
 def baseline(database_url: str, env: dict[str, str], scale: float) -> dict[str, Any]:
     port = free_port()
+    log = Path(tempfile.mkstemp(prefix="raiox-baseline-", suffix=".log")[1])
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.bench.baseline_torch", str(port), database_url],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("wb"),
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/schema", proc)
+        wait_http(f"http://127.0.0.1:{port}/schema", proc, log)
         url = f"http://127.0.0.1:{port}/upload"
         n = max(int(64 * scale), 32)
         asyncio.run(drive(url, make_images(8, 500), 4))
