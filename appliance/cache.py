@@ -13,22 +13,33 @@ from typing import Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from appliance import metrics
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What an OrderedDict slot, the key string and the ndarray header cost besides the vector.
 ENTRY_OVERHEAD_BYTES = 200
+# A dead Redis is retried after this pause, growing by BACKOFF_GROWTH per failed probe up to
+# BACKOFF_MAX_SECONDS: one request per pause pays the timeout, the others skip Redis at once.
 BACKOFF_START_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 15.0
+BACKOFF_GROWTH = 1.5
+BACKOFF_MAX_SECONDS = 5.0
+UNREACHABLE_DETAIL = "redis unreachable; embeddings are computed without the cache"
+# Outage-shaped failures. ResponseError (the server answered, e.g. OOM) is a RedisError too.
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
 class CacheHealth:
-    backend: str
+    backend: str  # "redis" | "memory"
     ok: bool
-    detail: str
+    detail: str  # human text; never the URL or the password
 
 
 class EmbeddingCache(Protocol):
@@ -41,16 +52,29 @@ class EmbeddingCache(Protocol):
 
 
 def cache_key(model_id: str, sha256: str) -> str:
+    """Versioned so a change of value format can never be read as the old one."""
     return f"raiox:emb:v1:{model_id}:{sha256}"
 
 
+def decode_vector(raw: bytes) -> np.ndarray | None:
+    """None for a value no healthy writer produces (empty, torn, NaN), so it reads as a miss."""
+    if not raw or len(raw) % 4:
+        return None
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)  # a writable copy
+    return vector if bool(np.isfinite(vector).all()) else None
+
+
 class MemoryEmbeddingCache:
+    """LRU bounded by bytes. No method awaits while it touches the dict, so each call is
+    atomic on the event loop; it is not meant to be shared between threads."""
+
     backend = "memory"
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._bytes = 0
+        metrics.CACHE_UP.labels(self.backend).set(1)
 
     async def get(self, model_id: str, sha256: str) -> np.ndarray | None:
         key = cache_key(model_id, sha256)
@@ -63,15 +87,14 @@ class MemoryEmbeddingCache:
 
     async def put(self, model_id: str, sha256: str, vector: np.ndarray) -> None:
         key = cache_key(model_id, sha256)
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return
-        value = np.array(vector, dtype=np.float32)
+        self._discard(key)
+        value = np.array(vector, dtype=np.float32)  # a copy: the caller may reuse its array
+        if value.nbytes + ENTRY_OVERHEAD_BYTES > self._max_bytes:
+            return  # it would evict everything and then itself
         self._entries[key] = value
         self._bytes += value.nbytes + ENTRY_OVERHEAD_BYTES
         while self._bytes > self._max_bytes and self._entries:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.nbytes + ENTRY_OVERHEAD_BYTES
+            self._discard(next(iter(self._entries)))
 
     async def health(self) -> CacheHealth:
         return CacheHealth(
@@ -83,11 +106,22 @@ class MemoryEmbeddingCache:
 
     async def close(self) -> None:
         self._entries.clear()
+        self._bytes = 0
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    def _discard(self, key: str) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old.nbytes + ENTRY_OVERHEAD_BYTES
 
 
 class RedisEmbeddingCache:
-    """After a failure Redis is skipped for a growing backoff, so a dead Redis costs one
-    timeout now and then, not one per request; the client reconnects by itself."""
+    """After a failure Redis is skipped for a short, growing backoff, so a dead or hung Redis
+    costs one timeout now and then instead of one per request. redis-py's pool drops a broken
+    connection and opens a new one on the next command, so no reconnect logic lives here."""
 
     backend = "redis"
 
@@ -96,13 +130,18 @@ class RedisEmbeddingCache:
             url,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
-            retry_on_timeout=False,
+            # One immediate retry replaces a pooled connection that died with a restarted
+            # Redis. Timeouts are not retried, and redis-py's default (10 retries with
+            # backoff) would hold a request for seconds.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._ttl = ttl_seconds
-        self._timeout = timeout_seconds
-        self._down_until = 0.0
-        self._backoff = BACKOFF_START_SECONDS
+        # A hard ceiling over the retry and over name resolution, which no socket timeout covers.
+        self._deadline = timeout_seconds * 3
         self._up = True
+        self._down_since = 0.0
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_START_SECONDS
         metrics.CACHE_UP.labels(self.backend).set(1)
 
     async def get(self, model_id: str, sha256: str) -> np.ndarray | None:
@@ -111,65 +150,90 @@ class RedisEmbeddingCache:
             return None
         key = cache_key(model_id, sha256)
         try:
-            async with asyncio.timeout(self._timeout * 2):
+            async with asyncio.timeout(self._deadline):
                 raw = await self._client.get(key)
-        except (RedisError, OSError, TimeoutError) as exc:
+                vector = decode_vector(raw) if isinstance(raw, bytes) else None
+                if raw is not None and vector is None:
+                    await self._client.delete(key)
+        except REDIS_FAILURES as exc:
             self._failed(exc)
             metrics.CACHE_LOOKUPS.labels(self.backend, "error").inc()
             return None
         self._recovered()
-        if not isinstance(raw, bytes) or len(raw) % 4:
-            metrics.CACHE_LOOKUPS.labels(self.backend, "miss").inc()
-            return None
-        metrics.CACHE_LOOKUPS.labels(self.backend, "hit").inc()
-        return np.frombuffer(raw, dtype="<f4").copy()
+        metrics.CACHE_LOOKUPS.labels(self.backend, "miss" if vector is None else "hit").inc()
+        return vector
 
     async def put(self, model_id: str, sha256: str, vector: np.ndarray) -> None:
         if self._skipping():
             return
         data = np.asarray(vector, dtype="<f4").tobytes()
         try:
-            async with asyncio.timeout(self._timeout * 2):
+            async with asyncio.timeout(self._deadline):
                 await self._client.set(cache_key(model_id, sha256), data, ex=self._ttl)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             self._failed(exc)
             return
         self._recovered()
 
     async def health(self) -> CacheHealth:
+        """Always asks Redis, even inside a backoff, so health tells the truth right away."""
         try:
-            async with asyncio.timeout(max(self._timeout * 4, 0.2)):
+            async with asyncio.timeout(self._deadline):
                 await self._client.ping()
-        except (RedisError, OSError, TimeoutError):
-            return CacheHealth(
-                self.backend, False, "redis unreachable; embeddings are computed without the cache"
-            )
+        except REDIS_FAILURES as exc:
+            self._failed(exc)
+            return CacheHealth(self.backend, False, UNREACHABLE_DETAIL)
         self._recovered()
-        return CacheHealth(self.backend, True, "redis answering")
+        return CacheHealth(
+            self.backend, True, f"redis answering; entries expire after {self._ttl} s"
+        )
 
     async def close(self) -> None:
         await self._client.aclose()
 
     def _skipping(self) -> bool:
-        return not self._up and time.monotonic() < self._down_until
+        """While down, the first caller after each pause probes Redis; the others skip it."""
+        if self._up:
+            return False
+        now = time.monotonic()
+        if now < self._retry_at:
+            return True
+        self._retry_at = now + self._deadline  # this probe's window; a failure moves it
+        self._backoff = min(self._backoff * BACKOFF_GROWTH, BACKOFF_MAX_SECONDS)
+        return False
 
     def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
         if self._up:
             log.warning(
-                "embedding cache (redis) unreachable: %s; continuing without it", type(exc).__name__
+                "embedding cache: redis unreachable (%s); identifying without the cache, "
+                "retrying every %.0f-%.0f s",
+                _reason(exc),
+                BACKOFF_START_SECONDS,
+                BACKOFF_MAX_SECONDS,
             )
-        else:
-            self._backoff = min(self._backoff * 2, BACKOFF_MAX_SECONDS)
-        self._up = False
-        self._down_until = time.monotonic() + self._backoff
+            self._up = False
+            self._down_since = now
+            self._backoff = BACKOFF_START_SECONDS
+        self._retry_at = now + self._backoff
         metrics.CACHE_UP.labels(self.backend).set(0)
 
     def _recovered(self) -> None:
         if not self._up:
-            log.info("embedding cache (redis) is back")
-        self._up = True
-        self._backoff = BACKOFF_START_SECONDS
-        metrics.CACHE_UP.labels(self.backend).set(1)
+            log.warning(
+                "embedding cache: redis reachable again after %.1f s",
+                time.monotonic() - self._down_since,
+            )
+            self._up = True
+            metrics.CACHE_UP.labels(self.backend).set(1)
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's kind, never its text: redis-py's messages name the host and port. A server
+    reply (e.g. OOM) is safe to show and is what an operator needs."""
+    if isinstance(exc, ResponseError):
+        return str(exc)[:120]
+    return type(exc).__name__
 
 
 def create_cache(settings: Settings) -> EmbeddingCache:
