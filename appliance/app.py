@@ -16,6 +16,8 @@ from appliance.api.errors import exception_handlers
 from appliance.api.health import HealthController
 from appliance.api.identification import IdentificationController
 from appliance.api.implants import ImplantController
+from appliance.api.intake import IntakeController
+from appliance.api.results import ResultsController
 from appliance.components import Components, build_components
 from appliance.settings import Settings
 
@@ -38,7 +40,13 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             await app.state.components.close()
 
     return Litestar(
-        route_handlers=[IdentificationController, ImplantController, HealthController],
+        route_handlers=[
+            IdentificationController,
+            ImplantController,
+            HealthController,
+            IntakeController,
+            ResultsController,
+        ],
         dependencies=DEPENDENCIES,
         exception_handlers=exception_handlers(),
         lifespan=[lifespan],

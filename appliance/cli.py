@@ -10,10 +10,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from appliance.cli_submissions import submissions_app
+from appliance.cli_sync import sync_app
 from appliance.errors import AppError
 from appliance.settings import Settings, SettingsError
 
@@ -22,6 +24,8 @@ model_app = typer.Typer(no_args_is_help=True, help="Build and inspect the ONNX m
 catalog_app = typer.Typer(no_args_is_help=True, help="Load the reference implant catalog.")
 app.add_typer(model_app, name="model")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(submissions_app, name="submissions")
+app.add_typer(sync_app, name="sync")
 
 T = TypeVar("T")
 
@@ -33,7 +37,7 @@ def _settings() -> Settings:
         _fail(str(exc))
 
 
-def _fail(message: str) -> Any:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 

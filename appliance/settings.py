@@ -18,6 +18,9 @@ DEFAULT_JOTFORM_ORIGINS = (
     "https://hipaa.jotform.com",
 )
 
+# The form fields RAIOX_JOTFORM_FIELD_MAP may map (appliance.jotform.MAPPABLE_FIELDS).
+JOTFORM_MAPPABLE_FIELDS = ("nome", "email", "paciente", "dente", "file")
+
 
 class SettingsError(ValueError):
     """A RAIOX_* variable is missing, malformed or inconsistent."""
@@ -43,6 +46,10 @@ class Settings:
     spaces_presign_seconds: int = 300
     sync_max_attempts: int = 8
     sync_poll_seconds: float = 2.0
+    sync_lease_seconds: float = 300.0
+    sync_backoff_base_seconds: float = 2.0
+    sync_backoff_cap_seconds: float = 3600.0
+    sync_concurrency: int = 4
     local_retention_days: int | None = None
 
     webhook_token: str | None = field(default=None, repr=False)
@@ -50,7 +57,9 @@ class Settings:
     jotform_upload_origins: tuple[str, ...] = DEFAULT_JOTFORM_ORIGINS
     jotform_field_map: tuple[tuple[str, str], ...] = ()
     jotform_verify_submissions: bool = False
+    jotform_api_url: str = "https://api.jotform.com"
     download_timeout_seconds: float = 15.0
+    result_link_minutes: int = 30
 
     max_upload_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 60_000_000
@@ -117,6 +126,12 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"RAIOX_{name.upper()} must be positive")
+        sync = ("sync_max_attempts", "sync_concurrency", "sync_lease_seconds", "sync_poll_seconds")
+        for name in sync:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"RAIOX_{name.upper()} must be positive")
+        if self.local_retention_days is not None and self.local_retention_days < 1:
+            raise SettingsError("RAIOX_LOCAL_RETENTION_DAYS must be at least 1 (unset keeps all)")
         if self.batch_max_size < 1 or self.intra_op_threads < 1 or self.inter_op_threads < 1:
             raise SettingsError("RAIOX_BATCH_MAX_SIZE and thread counts must be at least 1")
         spaces = (
@@ -130,6 +145,14 @@ class Settings:
                 "Spaces replication needs RAIOX_SPACES_ENDPOINT, _BUCKET, _ACCESS_KEY and "
                 "_SECRET_KEY together; set all four or none"
             )
+        unknown = {v.lower() for _, v in self.jotform_field_map} - set(JOTFORM_MAPPABLE_FIELDS)
+        if unknown:
+            raise SettingsError(
+                f"RAIOX_JOTFORM_FIELD_MAP maps questions to unknown fields {sorted(unknown)}; "
+                f"use {', '.join(JOTFORM_MAPPABLE_FIELDS)}"
+            )
+        if self.jotform_verify_submissions and not self.jotform_api_key:
+            raise SettingsError("RAIOX_JOTFORM_VERIFY_SUBMISSIONS needs RAIOX_JOTFORM_API_KEY")
         for origin in self.jotform_upload_origins:
             if not origin.startswith(("https://", "http://")) or origin.count("/") != 2:
                 raise SettingsError(

@@ -2,6 +2,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.model",
     "tests.fixtures.appliance",
+    "tests.fixtures.uploads_server",
     "tests.fixtures.redis",
     "tests.fixtures.s3",
 ]

@@ -1,0 +1,231 @@
+"""The dentist's result: GET /results/{token} (an HTML page, or JSON at /results/{token}.json or
+with `Accept: application/json`), the radiograph it shows, and the landing that Jotform's
+thank-you redirect points at.
+
+The token is the only key to health data, so the page is private by every means a browser
+honours: no caching, no indexing, no referrer, no framing, and no script at all (CSP). It shows
+the tooth, the radiograph and the matches, never the patient's or the dentist's name.
+
+Jotform cannot know the token (the appliance makes it when the webhook arrives, which may be
+after the dentist's browser is redirected), so the thank-you redirect goes to
+/results/jotform/{submission_id}; that page waits for the webhook and then redirects to the
+token's page, but only for RAIOX_RESULT_LINK_MINUTES after the submission arrived, so a guessed
+submission id is worth nothing later.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import jinja2
+from litestar import Controller, Request, Response, get
+from litestar.enums import MediaType
+from litestar.params import Parameter
+from litestar.response import Redirect
+
+from appliance.api.identification import model_out
+from appliance.api.schemas import identification_out, reference_url
+from appliance.components import Components
+from appliance.errors import AppError
+from appliance.identify import Identifier
+from appliance.submissions import Submission, SubmissionNotFoundError, SubmissionRepository
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REFRESH_SECONDS = 2
+MAX_WAIT_REFRESHES = 90  # three minutes of waiting for Jotform's webhook to arrive
+
+PRIVATE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Robots-Tag": "noindex, nofollow, noarchive",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+}
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("appliance", "templates"), autoescape=True
+)
+
+
+class ResultNotFoundError(AppError):
+    status_code = 404
+    code = "result_not_found"
+
+
+class ResultsController(Controller):
+    tags = ["results"]
+
+    @get(
+        "/results/{token:str}",
+        summary="A submission's result for the dentist (HTML; JSON with .json or Accept)",
+    )
+    async def result(
+        self,
+        token: str,
+        request: Request[Any, Any, Any],
+        submissions: SubmissionRepository,
+        identifier: Identifier,
+        base_url: str,
+    ) -> Response[Any]:
+        as_json = token.endswith(".json")
+        token = token.removesuffix(".json")
+        if not as_json:
+            as_json = request.accept.best_match(["text/html", "application/json"]) == (
+                "application/json"
+            )
+        submission = await _by_token(submissions, token)
+        if as_json:
+            if submission is None:
+                raise ResultNotFoundError("No result has this link.")
+            body = identification_out(submission, model_out(identifier), base_url)
+            return Response(body, media_type=MediaType.JSON, headers=PRIVATE_HEADERS)
+        if submission is None:
+            return _page(404, state="not_found", title="resultado não encontrado")
+        return _page(200, **_result_view(submission, token, identifier, base_url))
+
+    @get(
+        "/results/{token:str}/images/{position:int}",
+        summary="The radiograph of a result",
+        media_type="image/*",
+    )
+    async def radiograph(
+        self,
+        token: str,
+        position: int,
+        submissions: SubmissionRepository,
+        components: Components,
+    ) -> Response[bytes]:
+        submission = await _by_token(submissions, token)
+        image = next(
+            (i for i in (submission.images if submission else []) if i.position == position),
+            None,
+        )
+        data = (
+            await components.store.read(image.storage_key) if image and image.storage_key else None
+        )
+        if image is None or data is None:
+            raise ResultNotFoundError("No such image.")
+        return Response(
+            data,
+            media_type=image.content_type or "application/octet-stream",
+            headers=PRIVATE_HEADERS,
+        )
+
+    @get(
+        "/results/jotform/{submission_id:str}",
+        summary="Landing for Jotform's thank-you redirect: waits, then redirects to the result",
+    )
+    async def jotform_landing(
+        self,
+        submission_id: str,
+        submissions: SubmissionRepository,
+        components: Components,
+        base_url: str,
+        n: Annotated[int, Parameter(ge=0, le=100_000)] = 0,
+    ) -> Response[Any]:
+        found = None
+        if _EXTERNAL_ID.match(submission_id):
+            found = await submissions.find_external("jotform", submission_id)
+        if found is None:
+            if n >= MAX_WAIT_REFRESHES or not _EXTERNAL_ID.match(submission_id):
+                return _page(404, state="not_received", title="envio não recebido")
+            refresh = {"seconds": REFRESH_SECONDS, "url": f"?n={n + 1}"}
+            return _page(200, state="waiting", title="aguardando", refresh=refresh)
+        window = timedelta(minutes=components.settings.result_link_minutes)
+        if datetime.now(UTC) - found.created_at > window:
+            return _page(410, state="expired", title="link expirado")
+        return Redirect(
+            f"{base_url}/results/{found.result_token}", status_code=303, headers=PRIVATE_HEADERS
+        )
+
+
+async def _by_token(submissions: SubmissionRepository, token: str) -> Submission | None:
+    if not _TOKEN.match(token):
+        return None
+    try:
+        return await submissions.get_by_token(token)
+    except SubmissionNotFoundError:
+        return None
+
+
+def _page(http_status: int, **context: Any) -> Response[str]:
+    html = _templates.get_template("results.html").render(**context)
+    return Response(
+        html, status_code=http_status, media_type=MediaType.HTML, headers=PRIVATE_HEADERS
+    )
+
+
+def _result_view(
+    submission: Submission, token: str, identifier: Identifier, base_url: str
+) -> dict[str, Any]:
+    processing = submission.status in ("received", "processing")
+    done_flags = [i.model_pretrained for i in submission.images if i.model_pretrained is not None]
+    untrained = not all(done_flags) if done_flags else not identifier.model_pretrained
+    images = [
+        {
+            "position": image.position,
+            "status": image.status,
+            "error": image.error,
+            "src": f"{base_url}/results/{token}/images/{image.position}"
+            if image.storage_key
+            else None,
+            "matches": [
+                {
+                    "rank": m.rank,
+                    "name": m.implant.name,
+                    "manufacturer": m.implant.manufacturer,
+                    "type": m.implant.type,
+                    "similarity": f"{m.similarity:.3f}",
+                    "synthetic": m.implant.synthetic,
+                    "reference_url": reference_url(base_url, m.reference_image_id),
+                }
+                for m in image.matches
+            ],
+        }
+        for image in submission.images
+    ]
+    return {
+        "state": "result",
+        "title": "resultado",
+        "status": submission.status,
+        "error": submission.error,
+        "tooth": submission.tooth,
+        "received": submission.created_at.astimezone(UTC).strftime("%d/%m/%Y %H:%M UTC"),
+        "untrained": untrained,
+        "synthetic": any(m.implant.synthetic for i in submission.images for m in i.matches),
+        "images": images,
+        "refresh": {"seconds": REFRESH_SECONDS, "url": ""} if processing else None,
+    }
+
+
+class _RedactSecrets(logging.Filter):
+    """uvicorn logs every request line, and both the webhook token (?token=) and result tokens
+    (/results/{token}) travel in URLs: keep them out of the access log."""
+
+    _query = re.compile(r"((?:^|[?&])token=)[^&\s]*")
+    _result = re.compile(r"/results/(?!jotform/)[^/?\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path = self._result.sub(
+                "/results/[redacted]", self._query.sub(r"\1[redacted]", args[2])
+            )
+            record.args = (*args[:2], path, *args[3:])
+        return True
+
+
+def install_log_redaction() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactSecrets) for f in access.filters):
+        access.addFilter(_RedactSecrets())
+
+
+install_log_redaction()

@@ -1,0 +1,53 @@
+"""`raiox submissions retry`: process failed form submissions again from what was kept (the
+image on disk, or its upload URL), the same way a redelivered webhook would."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import typer
+
+submissions_app = typer.Typer(no_args_is_help=True, help="Form submissions kept by the appliance.")
+
+
+@submissions_app.command("retry")
+def retry(
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Submission ids (default: every failed one)")
+    ] = None,
+) -> None:
+    """Retry failed submissions; exits 1 while any of them still fails."""
+    from appliance.cli import _fail, _run, _settings
+    from appliance.components import build_components
+    from appliance.intake import Intake
+
+    try:
+        wanted = [uuid.UUID(value) for value in ids or []]
+    except ValueError:
+        _fail("submission ids are UUIDs, as printed by the API and this command")
+
+    async def job() -> list[str]:
+        comps = await build_components(_settings())
+        try:
+            intake = Intake.from_settings(comps.settings, comps.identifier, comps.submissions)
+            targets = wanted or await comps.submissions.failed_ids()
+            if not targets:
+                typer.echo("no failed submissions")
+            still_failing = []
+            for n, submission_id in enumerate(targets, start=1):
+                outcome = await intake.retry(submission_id)
+                if outcome is None:
+                    line = "skipped (not failed, or being processed)"
+                else:
+                    line = outcome.submission.status
+                    if outcome.submission.status != "done":
+                        line += f": {outcome.submission.error}"
+                        still_failing.append(str(submission_id))
+                typer.echo(f"[{n}/{len(targets)}] {submission_id} {line}")
+            return still_failing
+        finally:
+            await comps.close()
+
+    if _run(job):
+        raise typer.Exit(1)
