@@ -153,8 +153,8 @@ async def _add_reference(
     data: bytes,
 ) -> None:
     embedding = await embedder.embed(data)
-    key = reference_key(embedding.sha256, embedding.decoded.extension)
-    stored = await store.put(key, data, embedding.decoded.content_type)
+    key = reference_key(embedding.sha256, embedding.extension)
+    stored = await store.put(key, data, embedding.content_type)
     async with pool.acquire() as conn, conn.transaction():
         await catalog.add_reference(
             conn,

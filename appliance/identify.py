@@ -21,7 +21,7 @@ from appliance import metrics
 from appliance.cache import EmbeddingCache
 from appliance.catalog import Catalog
 from appliance.errors import AppError
-from appliance.imaging import DecodedImage, ImageLimits, decode_image
+from appliance.imaging import DecodedImage, ImageLimits, decode_image, identify_format
 from appliance.storage import LocalImageStore, client_key, sha256_hex, upload_key
 from appliance.submissions import (
     Submission,
@@ -52,8 +52,9 @@ class ImageEncoder(Protocol):
 
 @dataclass(frozen=True)
 class Embedding:
-    decoded: DecodedImage
     sha256: str
+    content_type: str
+    extension: str
     vector: np.ndarray
     cached: bool
 
@@ -86,16 +87,19 @@ class Embedder:
             return await asyncio.to_thread(decode_image, data, self.limits)
 
     async def embed(self, data: bytes, decoded: DecodedImage | None = None) -> Embedding:
-        decoded = decoded or await self.decode(data)
-        digest = sha256_hex(data)
+        """A cache hit costs a hash and a header read: those bytes were decoded before."""
+        digest = await asyncio.to_thread(sha256_hex, data)
         with timed("cache"):
             vector = await self.cache.get(self.encoder.model_id, digest)
-        if vector is not None:
-            return Embedding(decoded, digest, vector, cached=True)
-        with timed("encode"):
-            vector = await self.encoder.embed(decoded)
-        await self.cache.put(self.encoder.model_id, digest, vector)
-        return Embedding(decoded, digest, vector, cached=False)
+        if vector is not None and decoded is None:
+            content_type, extension = await asyncio.to_thread(identify_format, data, self.limits)
+            return Embedding(digest, content_type, extension, vector, cached=True)
+        decoded = decoded or await self.decode(data)
+        if vector is None:
+            with timed("encode"):
+                vector = await self.encoder.embed(decoded)
+            await self.cache.put(self.encoder.model_id, digest, vector)
+        return Embedding(digest, decoded.content_type, decoded.extension, vector, vector is None)
 
 
 class Identifier:
@@ -129,29 +133,28 @@ class Identifier:
     ) -> Submission:
         """One image submitted directly (HTTP upload, CLI): validated before anything is kept."""
         async with self.embedder.encoder.admit():
-            decoded = await self.embedder.decode(data)
             await self.catalog.check_model(self.model_id)
+            embedding = await self.embedder.embed(data)  # validates: a bad image stores nothing
             client_id = client_id_for(submitter.dentist_email, self.client_secret)
+            key = storage_key(source, client_id, embedding.sha256, embedding.extension)
             # On disk before the database is touched: an outage there loses no image.
-            await self.store.put(
-                storage_key(source, client_id, sha256_hex(data), decoded.extension),
-                data,
-                decoded.content_type,
-            )
-            submission, created = await self.submissions.create(
-                source=source,
-                external_id=external_id,
-                submitter=submitter,
-                client_id=client_id,
-                image_urls=[None],
-            )
-            if not created:
-                return submission
-            try:
-                await self.process_image(submission, submission.images[0], data, decoded)
-            finally:
-                finished = await self.finish(submission)
-            return finished
+            with timed("store"):
+                stored = await self.store.put(key, data, embedding.content_type)
+            with timed("search"):
+                matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)
+            with timed("record"):
+                submission = await self.submissions.create_done(
+                    source=source,
+                    external_id=external_id,
+                    submitter=submitter,
+                    client_id=client_id,
+                    stored=stored,
+                    model_id=self.model_id,
+                    model_pretrained=self.model_pretrained,
+                    matches=matches,
+                )
+            metrics.IDENTIFICATIONS.labels(source, "ok").inc()
+            return submission
 
     async def process_image(
         self,
@@ -163,13 +166,12 @@ class Identifier:
         """Store, embed, search and record one image; a failure is recorded on the image and
         re-raised, with the bytes kept on disk for a retry."""
         try:
-            decoded = decoded or await self.embedder.decode(data)
+            embedding = await self.embedder.embed(data, decoded)
             key = storage_key(
-                submission.source, submission.client_id, sha256_hex(data), decoded.extension
+                submission.source, submission.client_id, embedding.sha256, embedding.extension
             )
             with timed("store"):
-                stored = await self.store.put(key, data, decoded.content_type)
-            embedding = await self.embedder.embed(data, decoded)
+                stored = await self.store.put(key, data, embedding.content_type)
             with timed("search"):
                 matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)
             with timed("record"):

@@ -147,6 +147,25 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
 
     The checks run cheapest first: size of the upload, then the header's dimensions, and only
     then the pixel data, so a bomb or an oversized file costs no decoding."""
+    image = _open_checked(data, limits)
+    fmt = str(image.format)
+    try:
+        image.load()
+    except Exception as exc:  # any decoder failure on untrusted bytes means a broken file
+        raise CorruptImageError(f"The {fmt} image is truncated or corrupt.") from exc
+    rgb = _to_rgb(image)
+    content_type, extension = FORMATS[fmt]
+    return DecodedImage(rgb, fmt, content_type, extension, rgb.width, rgb.height)
+
+
+def identify_format(data: bytes, limits: ImageLimits) -> tuple[str, str]:
+    """(content type, extension) from the header alone: for bytes whose pixels were already
+    decoded once (an embedding-cache hit), the checks without the decoding."""
+    fmt = str(_open_checked(data, limits).format)
+    return FORMATS[fmt]
+
+
+def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     if not data:
         raise EmptyImageError("The file is empty.")
     if len(data) > limits.max_bytes:
@@ -158,14 +177,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
         _check_dimensions(declared, limits)
     image = _open(data, limits)
     _check_dimensions(image.size, limits)
-    fmt = str(image.format)
-    try:
-        image.load()
-    except Exception as exc:  # any decoder failure on untrusted bytes means a broken file
-        raise CorruptImageError(f"The {fmt} image is truncated or corrupt.") from exc
-    rgb = _to_rgb(image)
-    content_type, extension = FORMATS[fmt]
-    return DecodedImage(rgb, fmt, content_type, extension, rgb.width, rgb.height)
+    return image
 
 
 def _png_declared_size(data: bytes) -> tuple[int, int] | None:

@@ -134,27 +134,43 @@ class SubmissionRepository:
     ) -> None:
         """The image, its matches and its replication entry, all or nothing."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE submission_images SET sha256 = $2, storage_key = $3, content_type = $4, "
-                "model_id = $5, model_pretrained = $6, status = 'done', error = NULL "
-                "WHERE id = $1",
-                image_id,
-                stored.sha256,
-                stored.key,
-                stored.content_type,
-                model_id,
-                model_pretrained,
+            await _write_result(conn, image_id, stored, model_id, model_pretrained, matches)
+
+    async def create_done(
+        self,
+        *,
+        source: str,
+        external_id: str | None,
+        submitter: Submitter,
+        client_id: str | None,
+        stored: StoredObject,
+        model_id: str,
+        model_pretrained: bool,
+        matches: Sequence[Match],
+    ) -> Submission:
+        """A direct upload identified before anything was written: one transaction (one WAL
+        flush) records it whole."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            sub_id = await conn.fetchval(
+                "INSERT INTO submissions (source, external_id, result_token, client_id, "
+                "dentist_name, dentist_email, patient_name, tooth, status, attempts) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'done', 1) RETURNING id",
+                source,
+                external_id,
+                secrets.token_urlsafe(24),
+                client_id,
+                submitter.dentist_name,
+                submitter.dentist_email,
+                submitter.patient_name,
+                submitter.tooth,
             )
-            await conn.execute("DELETE FROM matches WHERE submission_image_id = $1", image_id)
-            await conn.executemany(
-                "INSERT INTO matches (submission_image_id, rank, implant_id, reference_image_id, "
-                "similarity) VALUES ($1, $2, $3, $4, $5)",
-                [
-                    (image_id, m.rank, m.implant.id, m.reference_image_id, m.similarity)
-                    for m in matches
-                ],
+            image_id = await conn.fetchval(
+                "INSERT INTO submission_images (submission_id, position, status) "
+                "VALUES ($1, 0, 'pending') RETURNING id",
+                sub_id,
             )
-            await outbox.enqueue(conn, stored)
+            await _write_result(conn, image_id, stored, model_id, model_pretrained, matches)
+            return await self._load(conn, "s.id = $1", sub_id)
 
     async def record_stored(self, image_id: int, stored: StoredObject) -> None:
         """The bytes are safe on disk even though identification failed: keep and replicate."""
@@ -197,12 +213,17 @@ class SubmissionRepository:
             error,
         )
 
-    async def reopen(self, submission_id: uuid.UUID) -> None:
-        await self._pool.execute(
+    async def reopen(self, submission_id: uuid.UUID, stale_after_s: float = 600.0) -> bool:
+        """Claim a failed submission (or one left 'processing' by a crash) for another try;
+        False when another delivery or retry holds it, so no two ever process it at once."""
+        claimed = await self._pool.fetchval(
             "UPDATE submissions SET status = 'processing', error = NULL, updated_at = now() "
-            "WHERE id = $1",
+            "WHERE id = $1 AND (status = 'failed' OR (status = 'processing' "
+            "AND updated_at < now() - make_interval(secs => $2))) RETURNING id",
             submission_id,
+            stale_after_s,
         )
+        return claimed is not None
 
     async def get(self, submission_id: uuid.UUID) -> Submission:
         async with self._pool.acquire() as conn:
@@ -211,6 +232,15 @@ class SubmissionRepository:
     async def get_by_token(self, token: str) -> Submission:
         async with self._pool.acquire() as conn:
             return await self._load(conn, "s.result_token = $1", token)
+
+    async def find_external(self, source: str, external_id: str) -> Submission | None:
+        async with self._pool.acquire() as conn:
+            found = await conn.fetchval(
+                "SELECT id FROM submissions WHERE source = $1 AND external_id = $2",
+                source,
+                external_id,
+            )
+            return None if found is None else await self._load(conn, "s.id = $1", found)
 
     async def failed_ids(self) -> list[uuid.UUID]:
         rows = await self._pool.fetch(
@@ -255,6 +285,33 @@ class SubmissionRepository:
             )
         images = [SubmissionImage(**dict(r), matches=by_image.get(r["id"], [])) for r in image_rows]
         return Submission(**dict(row), images=images)
+
+
+async def _write_result(
+    conn: asyncpg.Connection,
+    image_id: int,
+    stored: StoredObject,
+    model_id: str,
+    model_pretrained: bool,
+    matches: Sequence[Match],
+) -> None:
+    await conn.execute(
+        "UPDATE submission_images SET sha256 = $2, storage_key = $3, content_type = $4, "
+        "model_id = $5, model_pretrained = $6, status = 'done', error = NULL WHERE id = $1",
+        image_id,
+        stored.sha256,
+        stored.key,
+        stored.content_type,
+        model_id,
+        model_pretrained,
+    )
+    await conn.execute("DELETE FROM matches WHERE submission_image_id = $1", image_id)
+    await conn.executemany(
+        "INSERT INTO matches (submission_image_id, rank, implant_id, reference_image_id, "
+        "similarity) VALUES ($1, $2, $3, $4, $5)",
+        [(image_id, m.rank, m.implant.id, m.reference_image_id, m.similarity) for m in matches],
+    )
+    await outbox.enqueue(conn, stored)
 
 
 def _json(payload: dict[str, Any] | None) -> str | None:
