@@ -10,7 +10,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.components import Components
 from appliance.metrics import REGISTRY
-from appliance.replication import sync_status
 
 
 class ComponentOut(msgspec.Struct):
@@ -94,6 +93,8 @@ async def _storage(components: Components) -> ComponentOut:
         return ComponentOut("down", "local image folder is missing")
     replication = "off (no Spaces credentials)"
     if components.settings.spaces_enabled:
+        from appliance.replication import sync_status  # botocore only when replicating
+
         try:
             sync = await sync_status(components.database.pool)
         except Exception:  # the database part of health reports why
