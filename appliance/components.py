@@ -8,7 +8,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from appliance.batching import BatchingEncoder
 from appliance.cache import EmbeddingCache, create_cache
@@ -22,10 +22,13 @@ from appliance.settings import Settings
 from appliance.storage import LocalImageStore
 from appliance.submissions import SubmissionRepository
 
-if TYPE_CHECKING:  # botocore costs ~40 MB of RSS: loaded only when Spaces is configured
-    from appliance.replication import SpacesClient
-
 log = logging.getLogger(__name__)
+
+
+class PresignedUrls(Protocol):
+    """What the API needs from Spaces: short-lived links to private objects."""
+
+    async def presign_get(self, key: str, expires_s: int) -> str: ...
 
 
 class UntrainedModelError(AppError):
@@ -45,7 +48,7 @@ class Components:
     store: LocalImageStore
     embedder: Embedder
     identifier: Identifier
-    spaces: SpacesClient | None = None
+    spaces: PresignedUrls | None = None
 
     async def close(self) -> None:
         await self.batching.close()
