@@ -94,20 +94,8 @@ class SubmissionRepository:
         """Create the submission with one pending image per entry; (existing, False) if the
         (source, external_id) pair was already delivered — also when two deliveries race."""
         async with self._pool.acquire() as conn, conn.transaction():
-            sub_id = await conn.fetchval(
-                "INSERT INTO submissions (source, external_id, result_token, client_id, "
-                "dentist_name, dentist_email, patient_name, tooth, status, payload) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'processing', $9) "
-                "ON CONFLICT (source, external_id) DO NOTHING RETURNING id",
-                source,
-                external_id,
-                secrets.token_urlsafe(24),
-                client_id,
-                submitter.dentist_name,
-                submitter.dentist_email,
-                submitter.patient_name,
-                submitter.tooth,
-                _json(payload),
+            sub_id = await _insert_submission(
+                conn, source, external_id, submitter, client_id, "processing", payload
             )
             if sub_id is None:
                 existing = await conn.fetchval(
@@ -151,19 +139,16 @@ class SubmissionRepository:
         """A direct upload identified before anything was written: one transaction (one WAL
         flush) records it whole."""
         async with self._pool.acquire() as conn, conn.transaction():
-            sub_id = await conn.fetchval(
-                "INSERT INTO submissions (source, external_id, result_token, client_id, "
-                "dentist_name, dentist_email, patient_name, tooth, status, attempts) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'done', 1) RETURNING id",
-                source,
-                external_id,
-                secrets.token_urlsafe(24),
-                client_id,
-                submitter.dentist_name,
-                submitter.dentist_email,
-                submitter.patient_name,
-                submitter.tooth,
+            sub_id = await _insert_submission(
+                conn, source, external_id, submitter, client_id, "done", None
             )
+            if sub_id is None:  # the same external id was recorded meanwhile: keep that one
+                existing = await conn.fetchval(
+                    "SELECT id FROM submissions WHERE source = $1 AND external_id = $2",
+                    source,
+                    external_id,
+                )
+                return await self._load(conn, "s.id = $1", existing)
             image_id = await conn.fetchval(
                 "INSERT INTO submission_images (submission_id, position, status) "
                 "VALUES ($1, 0, 'pending') RETURNING id",
@@ -285,6 +270,34 @@ class SubmissionRepository:
             )
         images = [SubmissionImage(**dict(r), matches=by_image.get(r["id"], [])) for r in image_rows]
         return Submission(**dict(row), images=images)
+
+
+async def _insert_submission(
+    conn: asyncpg.Connection,
+    source: str,
+    external_id: str | None,
+    submitter: Submitter,
+    client_id: str | None,
+    status: str,
+    payload: dict[str, Any] | None,
+) -> Any:
+    """The new submission's id, or None when (source, external_id) was delivered before."""
+    return await conn.fetchval(
+        "INSERT INTO submissions (source, external_id, result_token, client_id, dentist_name, "
+        "dentist_email, patient_name, tooth, status, payload) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+        "ON CONFLICT (source, external_id) DO NOTHING RETURNING id",
+        source,
+        external_id,
+        secrets.token_urlsafe(24),
+        client_id,
+        submitter.dentist_name,
+        submitter.dentist_email,
+        submitter.patient_name,
+        submitter.tooth,
+        status,
+        _json(payload),
+    )
 
 
 async def _write_result(
