@@ -56,7 +56,9 @@ async def upload(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 async def startup(app: Litestar) -> None:
-    POOL["pool"] = await asyncpg.create_pool(sys.argv[2], init=register_vector, min_size=1, max_size=4)
+    POOL["pool"] = await asyncpg.create_pool(
+        sys.argv[2], init=register_vector, min_size=1, max_size=4
+    )
 
 
 if __name__ == "__main__":
