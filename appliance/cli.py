@@ -4,7 +4,7 @@ and runs the same use cases, so what works here works behind HTTP."""
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 import sys
 import threading
 import time
@@ -17,6 +17,7 @@ import typer
 from appliance.cli_submissions import submissions_app
 from appliance.cli_sync import sync_app
 from appliance.errors import AppError
+from appliance.logs import configure_logging
 from appliance.settings import Settings, SettingsError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -101,19 +102,15 @@ def serve(
     port: Annotated[int | None, typer.Option()] = None,
     workers: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """Serve the HTTP API (uvicorn)."""
-    import uvicorn
+    """Serve the HTTP API (uvicorn).
 
+    Settings are checked here, then uvicorn replaces this process: the server then holds only
+    the app's imports, not the CLI's (the sync worker's botocore alone is ~40 MB)."""
     settings = _settings()
-    _configure_logging()
-    uvicorn.run(
-        "appliance.asgi:app",
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        log_level="info",
-        proxy_headers=True,
-    )
+    args = [sys.executable, "-m", "uvicorn", "appliance.asgi:app", "--proxy-headers"]
+    args += ["--host", host or settings.host, "--port", str(port or settings.port)]
+    args += ["--workers", str(workers), "--log-level", "info"]
+    os.execv(sys.executable, args)
 
 
 @app.command()
@@ -223,7 +220,7 @@ def _start_server(settings: Settings, port: int) -> tuple[Any, threading.Thread]
 
     from appliance.app import create_app
 
-    _configure_logging()
+    configure_logging()
     config = uvicorn.Config(create_app(settings), host=settings.host, port=port, log_level="info")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -301,14 +298,6 @@ def _import(specs: Any) -> None:
         f"{report.implants} implants; {report.embedded} reference images embedded, "
         f"{report.skipped} already present"
     )
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def main() -> int:
