@@ -1,34 +1,61 @@
-"""`raiox sync`: the replication worker and its operator commands."""
+"""`raiox sync`: the replication worker and its operator commands (status, requeue, prune)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
 from appliance.database import Database
+from appliance.logs import configure_logging
 from appliance.progress import Progress
-from appliance.replication import Replicator, SpacesClient, requeue_dead, sync_status
-from appliance.settings import Settings
+from appliance.replication import SpacesClient, is_unavailable, requeue_dead, sync_status
+from appliance.settings import Settings, SettingsError
 from appliance.storage import LocalImageStore
+from appliance.sync_worker import PassResult, Replicator, SyncPolicy, prune_local
 
 sync_app = typer.Typer(help="Replicate local images to Spaces.")
 T = TypeVar("T")
 
 
-def _with_database(job: Callable[[Database, Settings], Awaitable[T]]) -> T:
-    settings = Settings.from_env()
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
 
+
+def _settings(*, spaces: bool) -> Settings:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        _fail(str(exc))
+    if spaces and not settings.spaces_enabled:
+        typer.secho("Replication is off: set RAIOX_SPACES_* to enable it.", fg="yellow", err=True)
+        raise typer.Exit(0)
+    return settings
+
+
+def _with_database(settings: Settings, job: Callable[[Database], Awaitable[T]]) -> T:
     async def run() -> T:
         database = await Database.open(settings)
         try:
-            return await job(database, settings)
+            return await job(database)
         finally:
             await database.close()
 
     return asyncio.run(run())
+
+
+def _replicator(settings: Settings, database: Database) -> Replicator:
+    return Replicator(
+        database.pool,
+        LocalImageStore(settings.images_dir),
+        SpacesClient(settings),
+        SyncPolicy.from_settings(settings),
+    )
 
 
 @sync_app.callback(invoke_without_command=True)
@@ -36,52 +63,100 @@ def sync(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="Drain what is due, then exit")] = False,
 ) -> None:
-    """Run the replication worker (safe to run several at once)."""
+    """Run the replication worker (several may run at once; each item is uploaded once)."""
     if ctx.invoked_subcommand is not None:
         return
-
-    async def job(database: Database, settings: Settings) -> int:
-        if not settings.spaces_enabled:
-            typer.secho("Replication is off: set RAIOX_SPACES_* to enable it.", fg="yellow")
-            return 0
-        replicator = Replicator(
-            database.pool,
-            LocalImageStore(settings.images_dir),
-            SpacesClient(settings),
-            max_attempts=settings.sync_max_attempts,
-        )
-        if once:
-            return await replicator.run_once(progress=Progress)
-        await replicator.run_forever(settings.sync_poll_seconds)
-        return 0
-
-    count = _with_database(job)
+    settings = _settings(spaces=True)
     if once:
-        typer.echo(f"replicated {count} objects")
+        result = _with_database(
+            settings, lambda db: _replicator(settings, db).run_once(progress=Progress)
+        )
+        _report_pass(result)
+        return
+    configure_logging()
+
+    async def worker(database: Database) -> None:
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+        replicator = _replicator(settings, database)
+        logging.getLogger(__name__).info("replication worker %s started", replicator.worker_id)
+        try:
+            await replicator.run_forever(settings.sync_poll_seconds, settings.local_retention_days)
+        except asyncio.CancelledError:  # SIGTERM: leases of unfinished items simply expire
+            logging.getLogger(__name__).info("replication worker stopped")
+
+    _with_database(settings, worker)
+
+
+def _report_pass(result: PassResult) -> None:
+    typer.echo(f"replicated {result.replicated}; failed {result.failed} (raiox sync status)")
+    if result.unavailable:
+        typer.secho(f"Spaces unavailable, stopped early: {result.unavailable}", fg="yellow")
+        raise typer.Exit(1)
 
 
 @sync_app.command("status")
 def status() -> None:
-    """Backlog, oldest pending item and dead letters."""
+    """Backlog, oldest pending item, last error and dead letters."""
+    settings = _settings(spaces=False)
+    s = _with_database(settings, lambda db: sync_status(db.pool))
+    state = "on" if settings.spaces_enabled else "OFF (no RAIOX_SPACES_* settings)"
+    typer.echo(f"replication {state}")
+    typer.echo(f"pending {s.pending} (due now {s.due}); replicated {s.done}; pruned {s.pruned}")
+    if s.oldest_pending is not None and s.oldest_pending_age_seconds is not None:
+        age = _duration(s.oldest_pending_age_seconds)
+        typer.echo(f"oldest pending since {s.oldest_pending:%Y-%m-%d %H:%M:%S %Z} ({age} ago)")
+    if s.last_error:
+        typer.echo(f"last error: {s.last_error}")
+    typer.echo(f"dead letters {len(s.dead)}" + (" (raiox sync requeue)" if s.dead else ""))
+    for dead in s.dead:
+        typer.echo(f"  {dead.storage_key}  attempts={dead.attempts}  {dead.last_error or ''}")
 
-    async def job(database: Database, settings: Settings) -> None:
-        s = await sync_status(database.pool)
-        state = "on" if settings.spaces_enabled else "OFF (no RAIOX_SPACES_* settings)"
-        typer.echo(f"replication {state}")
-        typer.echo(f"pending {s.pending} (due now {s.due}), replicated {s.done}")
-        typer.echo(f"oldest pending since {s.oldest_pending or '-'}")
-        typer.echo(f"dead letters {len(s.dead)}" + (" (raiox sync requeue)" if s.dead else ""))
-        for key, attempts, error in s.dead:
-            typer.echo(f"  {key}  attempts={attempts}  {error or ''}")
 
-    _with_database(job)
+def _duration(seconds: float) -> str:
+    minutes, _ = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h" if days else f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
 @sync_app.command("requeue")
-def requeue() -> None:
+def requeue(
+    keys: Annotated[list[str] | None, typer.Argument(help="Storage keys (default: all)")] = None,
+) -> None:
     """Give dead letters a fresh set of attempts."""
+    settings = _settings(spaces=False)
+    count = _with_database(settings, lambda db: requeue_dead(db.pool, keys or None))
+    typer.echo(f"requeued {count} objects")
 
-    async def job(database: Database, settings: Settings) -> int:
-        return await requeue_dead(database.pool)
 
-    typer.echo(f"requeued {_with_database(job)} objects")
+@sync_app.command("prune")
+def prune(
+    days: Annotated[
+        int | None, typer.Option(min=1, help="Default: RAIOX_LOCAL_RETENTION_DAYS")
+    ] = None,
+) -> None:
+    """Delete local copies of patient images replicated and older than N days (each checked
+    in Spaces first); they are then served through presigned Spaces links."""
+    settings = _settings(spaces=True)
+    days = days or settings.local_retention_days
+    if days is None:
+        _fail("pass --days or set RAIOX_LOCAL_RETENTION_DAYS")
+    retention, spaces = days, SpacesClient(settings)
+    try:
+        report = _with_database(
+            settings,
+            lambda db: prune_local(
+                db.pool, LocalImageStore(settings.images_dir), spaces, retention, Progress
+            ),
+        )
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        _fail(f"Spaces unreachable, nothing pruned: {spaces.redact(str(exc))}")
+    typer.echo(f"pruned {report.pruned} local copies ({report.bytes_freed / 2**20:.1f} MiB)")
+    if report.requeued:
+        typer.secho(
+            f"{report.requeued} were not intact in Spaces: kept and queued again", fg="yellow"
+        )

@@ -1,13 +1,20 @@
-"""Replication to a real S3 HTTP endpoint (moto server) from a real Postgres outbox."""
+"""Replication to a real S3 HTTP endpoint (moto server) from a real Postgres outbox.
+
+Every test bucket is versioned: one version per key proves, on the server's side, that the
+object was uploaded exactly once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import os
+import shutil
+import signal
+import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,53 +25,71 @@ import pytest
 from appliance import outbox
 from appliance.components import Components
 from appliance.database import Database
-from appliance.replication import Replicator, SpacesClient, requeue_dead, sync_status
+from appliance.replication import ImageReader, SpacesClient, requeue_dead, sync_status
 from appliance.settings import Settings
-from appliance.storage import LocalImageStore, sha256_hex
+from appliance.storage import LocalImageStore, StoredObject, sha256_hex
+from appliance.sync_worker import Replicator, SyncPolicy, prune_local
 from tests.fixtures.appliance import asgi_client
-from tests.fixtures.s3 import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.fixtures.s3 import ACCESS_KEY, SECRET_KEY, S3Server, StallingRelay
 
-_buckets = itertools.count()
+MiB = 1024 * 1024
+FAST = SyncPolicy(max_attempts=5, lease_seconds=30, backoff_base=0.01, backoff_cap=0.05)
 
 
 @dataclass
 class Rig:
+    settings: Settings
     database: Database
     store: LocalImageStore
     spaces: SpacesClient
-    s3: Any  # boto3 client, for checking what arrived
+    s3: Any  # a plain boto3 client, to look at what arrived
     bucket: str
 
-    def worker(self, **options: Any) -> Replicator:
-        options.setdefault("max_attempts", 5)
-        options.setdefault("backoff_base", 0.01)
-        return Replicator(self.database.pool, self.store, self.spaces, **options)
+    def worker(self, **policy: Any) -> Replicator:
+        return Replicator(
+            self.database.pool, self.store, self.spaces, dataclasses.replace(FAST, **policy)
+        )
 
-    async def add_images(self, count: int, size: int = 2048) -> dict[str, bytes]:
+    async def add(self, count: int, size: int = 2048, prefix: str = "uploads") -> dict[str, bytes]:
+        """Images as the appliance receives them: on disk first, then an outbox row."""
         images = {}
         for _ in range(count):
             data = os.urandom(size)
-            stored = await self.store.put(f"uploads/{sha256_hex(data)}.png", data, "image/png")
+            stored = await self.store.put(f"{prefix}/{sha256_hex(data)}.png", data, "image/png")
             async with self.database.pool.acquire() as conn:
                 await outbox.enqueue(conn, stored)
             images[stored.key] = data
         return images
 
-    def remote(self) -> dict[str, bytes]:
-        listed = self.s3.list_objects_v2(Bucket=self.bucket).get("Contents", [])
-        return {
-            o["Key"]: self.s3.get_object(Bucket=self.bucket, Key=o["Key"])["Body"].read()
-            for o in listed
-        }
+    def versions(self) -> Counter[str]:
+        listed = self.s3.list_object_versions(Bucket=self.bucket).get("Versions", [])
+        return Counter(v["Key"] for v in listed)
+
+    def remote(self, key: str) -> bytes:
+        return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def assert_exactly_once(self, images: dict[str, bytes]) -> None:
+        assert self.versions() == Counter(images.keys()), "every object uploaded exactly once"
+        assert all(self.remote(k) == v for k, v in images.items())
+
+    def multipart_in_progress(self) -> list[str]:
+        uploads = self.s3.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+        return [u["Key"] for u in uploads]
+
+    async def states(self) -> dict[str, int]:
+        rows = await self.database.pool.fetch(
+            "SELECT state, count(*) AS n FROM outbox GROUP BY state"
+        )
+        return {r["state"]: r["n"] for r in rows}
 
 
 @pytest.fixture
 async def rig(database_url: str, s3_server: S3Server) -> AsyncIterator[Rig]:
     s3_server.ensure_running()
-    bucket = f"raiox-test-{next(_buckets)}"
-    client = s3_server.client()
-    client.create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    bucket = s3_server.new_bucket()
+    data_dir = Path(tempfile.mkdtemp(prefix="raiox-test-sync-", dir="/tmp"))
     settings = Settings(
+        data_dir=data_dir,
         database_url=database_url,
         spaces_endpoint=s3_server.endpoint,
         spaces_region="us-east-1",
@@ -73,112 +98,283 @@ async def rig(database_url: str, s3_server: S3Server) -> AsyncIterator[Rig]:
         spaces_secret_key=SECRET_KEY,
     )
     database = await Database.open(settings)
-    store = LocalImageStore(Path(tempfile.mkdtemp(prefix="raiox-test-images-", dir="/tmp")))
-    yield Rig(database, store, SpacesClient(settings), client, bucket)
+    store = LocalImageStore(settings.images_dir)
+    yield Rig(settings, database, store, SpacesClient(settings), s3_server.client(), bucket)
     await database.close()
+    shutil.rmtree(data_dir, ignore_errors=True)
     s3_server.ensure_running()
 
 
-async def states(rig: Rig) -> dict[str, int]:
-    rows = await rig.database.pool.fetch("SELECT state, count(*) AS n FROM outbox GROUP BY state")
-    return {r["state"]: r["n"] for r in rows}
+async def eventually(check: Callable[[], Any], seconds: float = 15.0) -> None:
+    """Polls state that lives in another process (Postgres, the S3 server, a worker)."""
+    for _ in range(int(seconds / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail("timed out")
+
+
+def test_backoff_is_full_jitter_under_an_exponential_ceiling_and_a_cap() -> None:
+    policy = SyncPolicy(backoff_base=2.0, backoff_cap=3600.0)
+    for failures, ceiling in ((1, 2.0), (2, 4.0), (5, 32.0), (12, 3600.0), (10_000, 3600.0)):
+        delays = [policy.backoff(failures) for _ in range(2000)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > 0.9 * ceiling and min(delays) < 0.1 * ceiling
 
 
 async def test_uploads_private_verified_objects_and_presigns(rig: Rig) -> None:
-    images = await rig.add_images(3)
-    big = await rig.add_images(1, size=9 * 1024 * 1024)  # above the multipart threshold
+    images = await rig.add(3)
+    big = await rig.add(1, size=9 * MiB)  # above the multipart threshold
     images.update(big)
-    assert await rig.worker().run_once() == 4
-    assert await states(rig) == {"done": 4}
-    assert rig.remote() == images
+    worker = rig.worker()
+    result = await worker.run_once()
+    assert (result.replicated, result.failed, result.unavailable) == (4, 0, None)
+    assert await rig.states() == {"done": 4}
+    rig.assert_exactly_once(images)
+    assert rig.multipart_in_progress() == []
     for key, data in images.items():
         head = rig.s3.head_object(Bucket=rig.bucket, Key=key)
         assert head["Metadata"]["sha256"] == sha256_hex(data)
         assert head["ContentType"] == "image/png"
         grants = rig.s3.get_object_acl(Bucket=rig.bucket, Key=key)["Grants"]
-        assert not any("AllUsers" in str(g.get("Grantee", {}).get("URI", "")) for g in grants)
-    key = next(iter(big))
-    url = await rig.spaces.presign_get(key, 60)
-    assert "Signature" in url or "X-Amz-Signature" in url
-    async with httpx.AsyncClient() as client:
-        assert (await client.get(url)).content == images[key]
-    # a second pass finds nothing to do
-    assert await rig.worker().run_once() == 0
+        assert [g["Permission"] for g in grants] == ["FULL_CONTROL"]
+        assert not any("AllUsers" in str(g["Grantee"].get("URI", "")) for g in grants)
+    big_key = next(iter(big))
+    assert rig.s3.head_object(Bucket=rig.bucket, Key=big_key)["ETag"].endswith('-2"')
+    async with httpx.AsyncClient() as http:
+        anonymous = await http.get(f"{rig.settings.spaces_endpoint}/{rig.bucket}/{big_key}")
+        assert anonymous.status_code == 403, "nothing is public-read"
+        url = await rig.spaces.presign_get(big_key, 60)
+        assert ACCESS_KEY in url and SECRET_KEY not in url
+        assert (await http.get(url)).content == images[big_key]
+    again = rig.worker()
+    assert (await again.run_once()).replicated == 0 and again.uploaded == []
+    # a worker that died after the upload but before marking it done (its lease since run
+    # out): confirmed, not sent again
+    await rig.database.pool.execute(
+        "UPDATE outbox SET state = 'pending', done_at = NULL, next_attempt_at = now()"
+    )
+    assert (await again.run_once()).replicated == 4 and again.uploaded == []
+    rig.assert_exactly_once(images)
 
 
 async def test_outage_then_every_object_arrives_exactly_once(rig: Rig, s3_server: S3Server) -> None:
     s3_server.stop()
-    images = await rig.add_images(5)
-    worker = rig.worker()
-    assert await worker.run_once() == 0
-    rows = await rig.database.pool.fetch("SELECT attempts, last_error, state FROM outbox")
-    assert all(r["attempts"] == 1 and r["last_error"] and r["state"] == "pending" for r in rows)
+    images = await rig.add(5)
+    crashed = rig.worker(max_attempts=1)  # one item fault would kill a row: an outage must not
+    for _ in range(2):
+        result = await crashed.run_once()
+        assert result.replicated == 0 and "EndpointConnectionError" in str(result.unavailable)
+    rows = await rig.database.pool.fetch("SELECT state, attempts, last_error FROM outbox")
+    assert {r["state"] for r in rows} == {"pending"} and {r["attempts"] for r in rows} == {0}
+    assert any(r["last_error"] for r in rows)
     status = await sync_status(rig.database.pool)
-    assert status.pending == 5 and status.oldest_pending is not None
+    assert (status.pending, status.dead) == (5, [])
+    assert status.oldest_pending is not None and "EndpointConnectionError" in str(status.last_error)
+    assert ACCESS_KEY not in str(rows) and SECRET_KEY not in str(rows)
+
+    # a restarted, long-running worker pauses with backoff and resumes once Spaces is back
+    fresh = rig.worker(backoff_base=0.05, backoff_cap=0.2)
+    loop = asyncio.create_task(fresh.run_forever(poll_seconds=0.05))
+    await asyncio.sleep(1.5)
+    assert await rig.states() == {"pending": 5}
     s3_server.start()
-    await asyncio.sleep(0.2)  # past the (tiny) backoff
-    fresh = rig.worker()  # a restarted worker
-    assert await fresh.run_once() == 5
-    assert rig.remote() == images
+    try:
+        await eventually(lambda: _all_done(rig, 5))
+    finally:
+        loop.cancel()
+    rig.assert_exactly_once(images)
     assert sorted(fresh.uploaded) == sorted(images)
 
 
-async def test_a_crashed_workers_items_are_retried_after_the_lease(rig: Rig) -> None:
-    images = await rig.add_images(3)
-    crashed = rig.worker(lease_seconds=1.0)
-    assert len(await crashed.claim()) == 3  # claimed, then the worker "dies"
-    other = rig.worker()
-    assert await other.run_once() == 0, "leased items are not taken by another worker"
-    await asyncio.sleep(1.2)
-    assert await other.run_once() == 3
-    assert rig.remote() == images
+async def _all_done(rig: Rig, n: int) -> bool:
+    return await rig.states() == {"done": n}
+
+
+async def test_a_worker_killed_mid_upload_is_retried_after_its_lease(
+    rig: Rig, s3_server: S3Server
+) -> None:
+    images = await rig.add(1, size=20 * MiB)  # three parts
+    key = next(iter(images))
+    relay = StallingRelay(s3_server.port, budget=10 * MiB)
+    await relay.start()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "RAIOX_DATA_DIR": str(rig.settings.data_dir),
+        "RAIOX_DATABASE_URL": str(rig.settings.database_url),
+        "RAIOX_SPACES_ENDPOINT": relay.endpoint,
+        "RAIOX_SPACES_REGION": "us-east-1",
+        "RAIOX_SPACES_BUCKET": rig.bucket,
+        "RAIOX_SPACES_ACCESS_KEY": ACCESS_KEY,
+        "RAIOX_SPACES_SECRET_KEY": SECRET_KEY,
+        "RAIOX_SYNC_LEASE_SECONDS": "4",
+        "RAIOX_SYNC_POLL_SECONDS": "0.2",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "appliance", "sync", env=env, cwd=rig.settings.data_dir,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(relay.stalled.wait(), 20)
+        await eventually(lambda: _multipart_started(rig, key))
+        leased = await rig.database.pool.fetchrow("SELECT * FROM outbox")
+        assert leased["lease_owner"] and leased["state"] == "pending"
+        # the stalled upload keeps its lease alive (a heartbeat every lease / 3)
+        await eventually(lambda: _lease_renewed(rig, leased["next_attempt_at"]), seconds=5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        await relay.close()
+    assert rig.versions() == Counter(), "nothing completed before the kill"
+    worker = rig.worker()
+    assert (await worker.run_once()).replicated == 0, "the dead worker's lease still holds"
+    await eventually(lambda: _lease_expired(rig))
+    assert (await worker.run_once()).replicated == 1
+    rig.assert_exactly_once(images)
+    assert rig.multipart_in_progress() == [], "the orphaned multipart upload was aborted"
+    assert await rig.states() == {"done": 1}
+
+
+async def _multipart_started(rig: Rig, key: str) -> bool:
+    return rig.multipart_in_progress() == [key]
+
+
+async def _lease_renewed(rig: Rig, leased_until: Any) -> bool:
+    return bool(
+        await rig.database.pool.fetchval("SELECT next_attempt_at FROM outbox") > leased_until
+    )
+
+
+async def _lease_expired(rig: Rig) -> bool:
+    return bool(await rig.database.pool.fetchval("SELECT next_attempt_at <= now() FROM outbox"))
 
 
 async def test_two_workers_never_upload_the_same_item(rig: Rig) -> None:
-    images = await rig.add_images(20)
+    images = await rig.add(20)
     a, b = rig.worker(), rig.worker()
-    await asyncio.gather(a.run_once(), b.run_once())
-    both = a.uploaded + b.uploaded
-    assert sorted(both) == sorted(images), "each item uploaded exactly once"
-    assert await states(rig) == {"done": 20}
+    results = await asyncio.gather(a.run_once(), b.run_once())
+    assert sum(r.replicated for r in results) == 20
+    assert a.uploaded and b.uploaded, "both workers took part"
+    assert Counter(a.uploaded + b.uploaded) == Counter(images.keys()), (
+        "each item sent by one worker"
+    )
+    rig.assert_exactly_once(images)
+    assert await rig.states() == {"done": 20}
 
 
-async def test_dead_letters_after_max_attempts_and_requeue(rig: Rig, s3_server: S3Server) -> None:
-    s3_server.stop()
-    await rig.add_images(2)
+async def test_item_faults_become_dead_letters_and_requeue(rig: Rig) -> None:
+    images = await rig.add(3)
+    corrupt, missing, healthy = images
+    rig.store.path(corrupt).write_bytes(b"bit rot")
+    rig.store.path(missing).unlink()
     worker = rig.worker(max_attempts=2)
-    await worker.run_once()
-    await asyncio.sleep(0.2)
-    await worker.run_once()
+    for _ in range(2):
+        await worker.run_once()
+        await asyncio.sleep(0.06)  # past the backoff cap
     status = await sync_status(rig.database.pool)
-    assert len(status.dead) == 2 and status.pending == 0
-    assert all(error for _, _, error in status.dead)
-    assert ACCESS_KEY not in str(status.dead) and SECRET_KEY not in str(status.dead)
-    s3_server.start()
-    assert await requeue_dead(rig.database.pool) == 2
-    assert await worker.run_once() == 2
-    assert await states(rig) == {"done": 2}
+    errors = {d.storage_key: (d.attempts, d.last_error) for d in status.dead}
+    assert errors.keys() == {corrupt, missing}
+    assert errors[corrupt][0] == 2 and "no longer matches" in str(errors[corrupt][1])
+    assert "missing" in str(errors[missing][1])
+    assert rig.versions() == Counter({healthy: 1}), "a corrupt copy is never uploaded"
+    rig.store.path(corrupt).unlink()
+    await rig.store.put(corrupt, images[corrupt], "image/png")
+    assert await requeue_dead(rig.database.pool, [corrupt]) == 1
+    assert (await worker.run_once()).replicated == 1
+    assert await rig.states() == {"done": 2, "dead": 1}
+    rig.assert_exactly_once({k: images[k] for k in (corrupt, healthy)})
+
+
+async def test_prune_keeps_what_spaces_lacks_and_serves_pruned_images_presigned(
+    rig: Rig,
+) -> None:
+    patients = await rig.add(2, prefix="clientes/abcd1234")
+    references = await rig.add(1, prefix="referencia")
+    assert (await rig.worker().run_once()).replicated == 3
+    kept, lost = patients
+    reader = ImageReader(rig.store, rig.spaces, presign_seconds=60)
+    assert await prune_local(rig.database.pool, rig.store, rig.spaces, 7) == _report(0, 0, 0)
+    await rig.database.pool.execute("UPDATE outbox SET created_at = now() - interval '10 days'")
+    rig.s3.delete_object(Bucket=rig.bucket, Key=lost)  # the replica of one went missing
+    report = await prune_local(rig.database.pool, rig.store, rig.spaces, 7)
+    assert report == _report(1, len(patients[kept]), 1)
+    assert not rig.store.exists(kept) and rig.store.exists(lost)
+    assert all(rig.store.exists(k) for k in references), "references stay local"
+    url = await reader.url_or_bytes(kept)
+    assert isinstance(url, str)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url)).content == patients[kept]
+    assert await reader.url_or_bytes(lost) == patients[lost]
+    assert (await rig.worker().run_once()).replicated == 1, "the lost replica is sent again"
+    assert rig.remote(lost) == patients[lost]
+    status = await sync_status(rig.database.pool)
+    assert (status.done, status.pruned, status.pending) == (3, 1, 0)
+
+
+def _report(pruned: int, freed: int, requeued: int) -> Any:
+    from appliance.sync_worker import PruneReport
+
+    return PruneReport(pruned, freed, requeued)
+
+
+async def test_cli_drains_reports_and_requeues(rig: Rig) -> None:
+    await rig.add(2)
+    stored = StoredObject("uploads/" + "0" * 64 + ".png", "0" * 64, 1, "image/png")
+    async with rig.database.pool.acquire() as conn:
+        await outbox.enqueue(conn, stored)  # its local copy never existed
+    env = _cli_env(rig, RAIOX_SYNC_MAX_ATTEMPTS="1")
+    code, out = await _cli(env, "sync", "--once")
+    assert code == 0 and "replicated 2; failed 1" in out
+    code, out = await _cli(env, "sync", "status")
+    assert "pending 0" in out and "replicated 2" in out
+    assert "dead letters 1" in out and stored.key in out and "missing" in out
+    assert SECRET_KEY not in out
+    code, out = await _cli(env, "sync", "requeue")
+    assert "requeued 1" in out
+    assert await rig.states() == {"done": 2, "pending": 1}
+
+
+def _cli_env(rig: Rig, **extra: str) -> dict[str, str]:
+    s = rig.settings
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "RAIOX_DATA_DIR": str(s.data_dir),
+        "RAIOX_DATABASE_URL": str(s.database_url),
+        "RAIOX_SPACES_ENDPOINT": str(s.spaces_endpoint),
+        "RAIOX_SPACES_BUCKET": rig.bucket,
+        "RAIOX_SPACES_ACCESS_KEY": ACCESS_KEY,
+        "RAIOX_SPACES_SECRET_KEY": SECRET_KEY,
+        **extra,
+    }
+
+
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "appliance", *args, env=env, cwd=env["RAIOX_DATA_DIR"],
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    return int(proc.returncode or 0), out.decode()
 
 
 async def test_reference_served_through_spaces_when_the_local_copy_is_gone(
     demo_components: Components, s3_server: S3Server
 ) -> None:
     s3_server.ensure_running()
+    bucket = s3_server.new_bucket()
     settings = demo_components.settings.replace(
         spaces_endpoint=s3_server.endpoint,
-        spaces_bucket="raiox-test-fallback",
+        spaces_bucket=bucket,
         spaces_access_key=ACCESS_KEY,
         spaces_secret_key=SECRET_KEY,
     )
-    client = s3_server.client()
-    client.create_bucket(Bucket="raiox-test-fallback")  # type: ignore[attr-defined]
     comps = dataclasses.replace(demo_components, settings=settings, spaces=SpacesClient(settings))
     ref = await comps.database.pool.fetchrow(
         "SELECT id, storage_key FROM reference_images ORDER BY id DESC LIMIT 1"
     )
     path = comps.store.path(ref["storage_key"])
     data = path.read_bytes()
-    client.put_object(Bucket="raiox-test-fallback", Key=ref["storage_key"], Body=data)  # type: ignore[attr-defined]
+    s3_server.client().put_object(Bucket=bucket, Key=ref["storage_key"], Body=data)
     moved = path.with_suffix(".away")
     path.rename(moved)
     try:
