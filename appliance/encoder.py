@@ -119,4 +119,7 @@ def _session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Sessio
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
+    # The arena keeps batch-8 activation buffers for good: off, peak server RSS under load
+    # measured 311 MB instead of 323-327 MB at the same throughput (tests/bench/http.py).
+    options.enable_cpu_mem_arena = False
     return options
