@@ -8,7 +8,6 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from appliance.batching import BatchingEncoder
 from appliance.cache import EmbeddingCache, create_cache
@@ -19,16 +18,10 @@ from appliance.errors import AppError
 from appliance.identify import Embedder, Identifier
 from appliance.imaging import ImageLimits
 from appliance.settings import Settings
-from appliance.storage import LocalImageStore
+from appliance.storage import ImageReader, LocalImageStore, PresignedUrls
 from appliance.submissions import SubmissionRepository
 
 log = logging.getLogger(__name__)
-
-
-class PresignedUrls(Protocol):
-    """What the API needs from Spaces: short-lived links to private objects."""
-
-    async def presign_get(self, key: str, expires_s: int) -> str: ...
 
 
 class UntrainedModelError(AppError):
@@ -49,6 +42,10 @@ class Components:
     embedder: Embedder
     identifier: Identifier
     spaces: PresignedUrls | None = None
+
+    @property
+    def images(self) -> ImageReader:
+        return ImageReader(self.store, self.spaces, self.settings.spaces_presign_seconds)
 
     async def close(self) -> None:
         await self.batching.close()

@@ -29,7 +29,6 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from appliance.settings import Settings
-from appliance.storage import LocalImageStore
 
 log = logging.getLogger(__name__)
 
@@ -255,26 +254,6 @@ def local_digest(path: Path, item: OutboxItem) -> FileDigest:
     if digest.sha256 != item.sha256 or digest.size != item.size_bytes:
         raise LocalCopyError(f"local copy of {item.storage_key} no longer matches its sha256")
     return digest
-
-
-class ImageReader:
-    """How the API serves a stored image (a patient radiograph or a catalog reference): the
-    local copy when the appliance holds it, else a short-lived presigned GET on Spaces (the
-    copy was pruned or lost). Nothing in the bucket is ever public."""
-
-    def __init__(
-        self, store: LocalImageStore, spaces: SpacesClient | None, presign_seconds: int
-    ) -> None:
-        self._store = store
-        self._spaces = spaces
-        self._presign_seconds = presign_seconds
-
-    async def url_or_bytes(self, key: str) -> bytes | str | None:
-        """bytes: serve them; str: redirect (307) to it; None: not found."""
-        data = await self._store.read(key)
-        if data is not None or self._spaces is None:
-            return data
-        return await self._spaces.presign_get(key, self._presign_seconds)
 
 
 async def sync_status(pool: asyncpg.Pool) -> SyncStatus:

@@ -16,6 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from appliance.errors import AppError
 
@@ -111,3 +112,29 @@ class LocalImageStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+class PresignedUrls(Protocol):
+    """What reading needs from Spaces: short-lived links to private objects."""
+
+    async def presign_get(self, key: str, expires_s: int) -> str: ...
+
+
+class ImageReader:
+    """How the API serves a stored image (a patient radiograph or a catalog reference): the
+    local copy when the appliance holds it, else a short-lived presigned GET on Spaces (the
+    copy was pruned or lost). Nothing in the bucket is ever public."""
+
+    def __init__(
+        self, store: LocalImageStore, spaces: PresignedUrls | None, presign_seconds: int
+    ) -> None:
+        self._store = store
+        self._spaces = spaces
+        self._presign_seconds = presign_seconds
+
+    async def url_or_bytes(self, key: str) -> bytes | str | None:
+        """bytes: serve them; str: redirect (307) to it; None: not found."""
+        data = await self._store.read(key)
+        if data is not None or self._spaces is None:
+            return data
+        return await self._spaces.presign_get(key, self._presign_seconds)

@@ -25,9 +25,9 @@ import pytest
 from appliance import outbox
 from appliance.components import Components
 from appliance.database import Database
-from appliance.replication import ImageReader, SpacesClient, requeue_dead, sync_status
+from appliance.replication import SpacesClient, requeue_dead, sync_status
 from appliance.settings import Settings
-from appliance.storage import LocalImageStore, StoredObject, sha256_hex
+from appliance.storage import ImageReader, LocalImageStore, StoredObject, sha256_hex
 from appliance.sync_worker import Replicator, SyncPolicy, prune_local
 from tests.fixtures.appliance import asgi_client
 from tests.fixtures.s3 import ACCESS_KEY, SECRET_KEY, S3Server, StallingRelay

@@ -8,6 +8,7 @@ from litestar import Controller, Response, get
 from litestar.params import Parameter
 from litestar.response import Redirect
 
+from appliance.api.images import image_response
 from appliance.api.schemas import (
     ImplantDetailOut,
     ImplantPageOut,
@@ -62,19 +63,12 @@ class ImplantController(Controller):
         self, reference_id: int, catalog: Catalog, components: Components
     ) -> Response[bytes] | Redirect:
         ref = await catalog.get_reference(reference_id)
-        data = await components.store.read(ref.storage_key) if ref else None
-        if ref is not None and data is None and components.spaces is not None:
-            # the local copy is gone (pruned or lost): a short-lived signed link to the replica
-            url = await components.spaces.presign_get(
-                ref.storage_key, components.settings.spaces_presign_seconds
-            )
-            return Redirect(url, status_code=307)
-        if ref is None or data is None:
-            raise ReferenceNotFoundError(f"No reference image with id {reference_id}.")
-        return Response(
-            data,
-            media_type=_media_type(ref.storage_key),
-            headers={"Cache-Control": "private, max-age=86400"},
+        found = await components.images.url_or_bytes(ref.storage_key) if ref else None
+        return image_response(
+            found,
+            _media_type(ref.storage_key) if ref else "",
+            {"Cache-Control": "private, max-age=86400"},
+            ReferenceNotFoundError(f"No reference image with id {reference_id}."),
         )
 
 

@@ -27,6 +27,7 @@ from litestar.params import Parameter
 from litestar.response import Redirect
 
 from appliance.api.identification import model_out
+from appliance.api.images import image_response
 from appliance.api.schemas import identification_out, reference_url
 from appliance.components import Components
 from appliance.errors import AppError
@@ -92,8 +93,7 @@ class ResultsController(Controller):
 
     @get(
         "/results/{token:str}/images/{position:int}",
-        summary="The radiograph of a result",
-        media_type="image/*",
+        summary="The radiograph of a result (a redirect to Spaces if not held locally)",
     )
     async def radiograph(
         self,
@@ -101,21 +101,18 @@ class ResultsController(Controller):
         position: int,
         submissions: SubmissionRepository,
         components: Components,
-    ) -> Response[bytes]:
+    ) -> Response[bytes] | Redirect:
         submission = await _by_token(submissions, token)
         image = next(
             (i for i in (submission.images if submission else []) if i.position == position),
             None,
         )
-        data = (
-            await components.store.read(image.storage_key) if image and image.storage_key else None
-        )
-        if image is None or data is None:
-            raise ResultNotFoundError("No such image.")
-        return Response(
-            data,
-            media_type=image.content_type or "application/octet-stream",
-            headers=PRIVATE_HEADERS,
+        key = image.storage_key if image else None
+        return image_response(
+            await components.images.url_or_bytes(key) if key else None,
+            (image.content_type if image else None) or "application/octet-stream",
+            PRIVATE_HEADERS,
+            ResultNotFoundError("No such image."),
         )
 
     @get(
