@@ -36,19 +36,6 @@ class ImplantNotFoundError(AppError):
 
 
 @dataclass(frozen=True)
-class Implant:
-    id: int
-    name: str
-    manufacturer: str
-    type: str
-    platform: str | None = None
-    diameter_mm: float | None = None
-    length_mm: float | None = None
-    notes: str | None = None
-    synthetic: bool = False
-
-
-@dataclass(frozen=True)
 class NewImplant:
     name: str
     manufacturer: str
@@ -58,6 +45,13 @@ class NewImplant:
     length_mm: float | None = None
     notes: str | None = None
     synthetic: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Implant(NewImplant):
+    """A catalog implant: what was imported, plus the id the database gave it."""
+
+    id: int
 
 
 @dataclass(frozen=True)
@@ -218,13 +212,14 @@ class Catalog:
         )
         return implant_id
 
-    async def has_reference(self, conn: asyncpg.Connection, implant_id: int, sha256: str) -> bool:
-        found = await conn.fetchval(
-            "SELECT 1 FROM reference_images WHERE implant_id = $1 AND sha256 = $2",
+    async def reference_model(self, implant_id: int, sha256: str) -> str | None:
+        """The model that embedded this implant's image with these bytes, if it is known."""
+        model_id: str | None = await self._pool.fetchval(
+            "SELECT model_id FROM reference_images WHERE implant_id = $1 AND sha256 = $2",
             implant_id,
             sha256,
         )
-        return found is not None
+        return model_id
 
     async def add_reference(
         self,

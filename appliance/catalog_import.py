@@ -125,14 +125,7 @@ async def import_catalog(
             implant_id = await catalog.upsert_implant(conn, spec.implant)
         for source in spec.images:
             data = _read(source)
-            digest = sha256_hex(data)
-            async with pool.acquire() as conn:
-                known = await conn.fetchval(
-                    "SELECT model_id FROM reference_images WHERE implant_id = $1 AND sha256 = $2",
-                    implant_id,
-                    digest,
-                )
-            if known == model_id:
+            if await catalog.reference_model(implant_id, sha256_hex(data)) == model_id:
                 skipped += 1
             else:
                 await _add_reference(pool, catalog, embedder, store, implant_id, data)

@@ -56,7 +56,6 @@ class Embedding:
     content_type: str
     extension: str
     vector: np.ndarray
-    cached: bool
 
 
 def storage_key(source: str, client_id: str | None, sha256: str, extension: str) -> str:
@@ -93,13 +92,13 @@ class Embedder:
             vector = await self.cache.get(self.encoder.model_id, digest)
         if vector is not None and decoded is None:
             content_type, extension = await asyncio.to_thread(identify_format, data, self.limits)
-            return Embedding(digest, content_type, extension, vector, cached=True)
+            return Embedding(digest, content_type, extension, vector)
         decoded = decoded or await self.decode(data)
         if vector is None:
             with timed("encode"):
                 vector = await self.encoder.embed(decoded)
             await self.cache.put(self.encoder.model_id, digest, vector)
-        return Embedding(digest, decoded.content_type, decoded.extension, vector, vector is None)
+        return Embedding(digest, decoded.content_type, decoded.extension, vector)
 
 
 class Identifier:
@@ -129,7 +128,7 @@ class Identifier:
         return self.embedder.encoder.pretrained
 
     async def identify_upload(
-        self, data: bytes, *, source: str, submitter: Submitter, external_id: str | None = None
+        self, data: bytes, *, source: str, submitter: Submitter
     ) -> Submission:
         """One image submitted directly (HTTP upload, CLI): validated before anything is kept."""
         async with self.embedder.encoder.admit():
@@ -145,7 +144,6 @@ class Identifier:
             with timed("record"):
                 submission = await self.submissions.create_done(
                     source=source,
-                    external_id=external_id,
                     submitter=submitter,
                     client_id=client_id,
                     stored=stored,

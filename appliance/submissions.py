@@ -128,7 +128,6 @@ class SubmissionRepository:
         self,
         *,
         source: str,
-        external_id: str | None,
         submitter: Submitter,
         client_id: str | None,
         stored: StoredObject,
@@ -140,15 +139,8 @@ class SubmissionRepository:
         flush) records it whole."""
         async with self._pool.acquire() as conn, conn.transaction():
             sub_id = await _insert_submission(
-                conn, source, external_id, submitter, client_id, "done", None
+                conn, source, None, submitter, client_id, "done", None
             )
-            if sub_id is None:  # the same external id was recorded meanwhile: keep that one
-                existing = await conn.fetchval(
-                    "SELECT id FROM submissions WHERE source = $1 AND external_id = $2",
-                    source,
-                    external_id,
-                )
-                return await self._load(conn, "s.id = $1", existing)
             image_id = await conn.fetchval(
                 "INSERT INTO submission_images (submission_id, position, status) "
                 "VALUES ($1, 0, 'pending') RETURNING id",

@@ -8,11 +8,6 @@ from appliance.catalog import Implant, Match
 from appliance.submissions import Submission
 
 
-class ErrorOut(msgspec.Struct):
-    error: str
-    detail: str
-
-
 class ModelOut(msgspec.Struct):
     id: str
     pretrained: bool
