@@ -60,6 +60,54 @@ class ImageTower(torch.nn.Module):
         return torch.nn.functional.normalize(features, dim=-1)
 
 
+class PatchEmbedding(torch.nn.Module):
+    """ViT's patch convolution (kernel = stride = patch size, no padding) as a reshape and a
+    matrix product: the same numbers (max difference 2e-6 in fp32), a faster int8 graph.
+
+    quantize_dynamic turns a Conv into ConvInteger, which ORT runs far slower per
+    multiply-add than the DynamicQuantizeMatMul a MatMul becomes: the patch convolution took
+    20% of the int8 model's time (54 of 271 ms for a batch of 8, 1 thread); as a MatMul the
+    whole model runs 19% faster (32.9 -> 26.7 ms per image) at the same int8-fp32 cosine."""
+
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
+        super().__init__()
+        out_channels, in_channels, patch, _ = conv.weight.shape
+        if conv.kernel_size != conv.stride or conv.padding != (0, 0) or conv.groups != 1:
+            raise ValueError("only a non-overlapping patch convolution can be a MatMul")
+        self.patch = patch
+        self.out_channels = out_channels
+        self.linear = torch.nn.Linear(
+            in_channels * patch * patch, out_channels, bias=conv.bias is not None
+        )
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight.reshape(out_channels, -1))
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        rows, cols = h // self.patch, w // self.patch
+        patches = (
+            x.reshape(n, c, rows, self.patch, cols, self.patch)
+            .permute(0, 2, 4, 1, 3, 5)
+            .reshape(n, rows * cols, c * self.patch * self.patch)
+        )
+        # Back to the convolution's [n, channels, rows, cols] for the rest of the tower.
+        tokens: torch.Tensor = self.linear(patches)
+        return tokens.permute(0, 2, 1).reshape(n, self.out_channels, rows, cols)
+
+
+@contextmanager
+def _patch_embedding_as_matmul(visual: torch.nn.Module) -> Iterator[None]:
+    """Swap the patch convolution for the time of the export; the caller's model is unchanged."""
+    conv = cast(torch.nn.Conv2d, visual.conv1)
+    visual.conv1 = PatchEmbedding(conv)
+    try:
+        yield
+    finally:
+        visual.conv1 = conv
+
+
 def load_clip(weights: str, *, seed: int, quick_gelu: bool) -> LoadedClip:
     """Build ViT-B-32 from the OpenAI weights, a local checkpoint file, or a fixed random seed.
 
@@ -160,7 +208,7 @@ def export_image_tower(clip: torch.nn.Module, path: Path) -> None:
     try:
         # The tracer warns about shape checks in MultiheadAttention that are constant for
         # ViT-B-32 (fixed width and head count); the dynamic batch axis is unaffected.
-        with torch.no_grad(), warnings.catch_warnings():
+        with _patch_embedding_as_matmul(tower.visual), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
             torch.onnx.export(
                 tower,
