@@ -137,13 +137,13 @@ class Catalog:
     async def search(self, vector: np.ndarray, model_id: str, k: int) -> list[Match]:
         stats = await self.check_model(model_id)
         use_index = stats.references > self._hnsw_threshold
-        async with self._pool.acquire() as conn, conn.transaction():
-            if use_index:
-                candidates = min(1000, max(100, k * 40))
+        if use_index:
+            candidates = min(1000, max(100, k * 40))
+            async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(f"SET LOCAL hnsw.ef_search = {candidates}")
                 rows = await conn.fetch(_ANN_SEARCH, vector, model_id, k, candidates)
-            else:
-                rows = await conn.fetch(_EXACT_SEARCH, vector, model_id, k)
+        else:  # one round trip: no transaction to open and commit around a single query
+            rows = await self._pool.fetch(_EXACT_SEARCH, vector, model_id, k)
         return [
             Match(
                 rank=n,

@@ -104,6 +104,13 @@ class EmbeddedPostgres:
             self._server = None
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on every release (RESET ALL, UNLISTEN, unlock advisory
+    locks...): a round trip per request spent on session state this code never leaves behind
+    (SET only as SET LOCAL, LISTEN never, advisory locks only on a migration's own
+    connection). An open transaction is still rolled back by asyncpg itself."""
+
+
 class Database:
     """The asyncpg pool (with pgvector types registered) and, if embedded, its server."""
 
@@ -126,7 +133,13 @@ class Database:
                 finally:
                     await conn.close()
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=10, init=register_vector, command_timeout=30, timeout=10
+                url,
+                min_size=1,
+                max_size=10,
+                init=register_vector,
+                reset=_keep_session,
+                command_timeout=30,
+                timeout=10,
             )
         except BaseException:
             if embedded is not None:
