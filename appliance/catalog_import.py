@@ -147,7 +147,7 @@ async def _add_reference(
 ) -> None:
     embedding = await embedder.embed(data)
     key = reference_key(embedding.sha256, embedding.extension)
-    stored = await store.put(key, data, embedding.content_type)
+    stored = await store.put(key, data, embedding.content_type, sha256=embedding.sha256)
     async with pool.acquire() as conn, conn.transaction():
         await catalog.add_reference(
             conn,

@@ -86,12 +86,12 @@ class Embedder:
             return await asyncio.to_thread(decode_image, data, self.limits)
 
     async def embed(self, data: bytes, decoded: DecodedImage | None = None) -> Embedding:
-        """A cache hit costs a hash and a header read: those bytes were decoded before."""
-        digest = await asyncio.to_thread(sha256_hex, data)
+        """A cache hit costs a hash and a header read, in one thread hop: those bytes were
+        decoded before. The header check also refuses a non-image before the cache is asked."""
+        digest, (content_type, extension) = await asyncio.to_thread(self._fingerprint, data)
         with timed("cache"):
             vector = await self.cache.get(self.encoder.model_id, digest)
         if vector is not None and decoded is None:
-            content_type, extension = await asyncio.to_thread(identify_format, data, self.limits)
             return Embedding(digest, content_type, extension, vector)
         decoded = decoded or await self.decode(data)
         if vector is None:
@@ -99,6 +99,9 @@ class Embedder:
                 vector = await self.encoder.embed(decoded)
             await self.cache.put(self.encoder.model_id, digest, vector)
         return Embedding(digest, decoded.content_type, decoded.extension, vector)
+
+    def _fingerprint(self, data: bytes) -> tuple[str, tuple[str, str]]:
+        return sha256_hex(data), identify_format(data, self.limits)
 
 
 class Identifier:
@@ -138,7 +141,9 @@ class Identifier:
             key = storage_key(source, client_id, embedding.sha256, embedding.extension)
             # On disk before the database is touched: an outage there loses no image.
             with timed("store"):
-                stored = await self.store.put(key, data, embedding.content_type)
+                stored = await self.store.put(
+                    key, data, embedding.content_type, sha256=embedding.sha256
+                )
             with timed("search"):
                 matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)
             with timed("record"):
@@ -169,7 +174,9 @@ class Identifier:
                 submission.source, submission.client_id, embedding.sha256, embedding.extension
             )
             with timed("store"):
-                stored = await self.store.put(key, data, embedding.content_type)
+                stored = await self.store.put(
+                    key, data, embedding.content_type, sha256=embedding.sha256
+                )
             with timed("search"):
                 matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)
             with timed("record"):

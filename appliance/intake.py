@@ -13,6 +13,7 @@ submission is claimed atomically before it is retried, by a redelivery or by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -206,10 +207,13 @@ class Intake:
             decoded = await embedder.decode(data)
             if image.storage_key is None:
                 # Kept and recorded before identification, so a retry never needs the sender.
+                digest = await asyncio.to_thread(sha256_hex, data)
                 key = storage_key(
-                    submission.source, submission.client_id, sha256_hex(data), decoded.extension
+                    submission.source, submission.client_id, digest, decoded.extension
                 )
-                stored = await self.identifier.store.put(key, data, decoded.content_type)
+                stored = await self.identifier.store.put(
+                    key, data, decoded.content_type, sha256=digest
+                )
                 await self.submissions.record_stored(image.id, stored)
             await self.identifier.process_image(submission, image, data, decoded)
 

@@ -69,10 +69,15 @@ class LocalImageStore:
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    async def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
-        stored = StoredObject(check_key(key), sha256_hex(data), len(data), content_type)
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, sha256: str | None = None
+    ) -> StoredObject:
+        """`sha256`: the digest when the caller has it already, so the bytes aren't hashed
+        twice (and never on the event loop)."""
+        check_key(key)
+        digest = await asyncio.to_thread(sha256_hex, data) if sha256 is None else sha256
         await asyncio.to_thread(self._write_atomic, self.path(key), data)
-        return stored
+        return StoredObject(key, digest, len(data), content_type)
 
     async def read(self, key: str) -> bytes | None:
         path = self.path(key)
