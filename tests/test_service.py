@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import uuid
 import zlib
 from typing import Any
 
@@ -70,7 +71,16 @@ async def test_reference_image_ranks_its_own_implant_first(
     # the stored result is what was answered
     stored = await client.get(f"/submissions/{body['submission_id']}")
     assert stored.status_code == 200
-    assert stored.json()["matches"] == body["matches"]
+    assert stored.json() == body
+    # ...and its image is queued for replication in the same write
+    pool = demo_components.database.pool
+    key = await pool.fetchval(
+        "SELECT si.storage_key FROM submission_images si JOIN submissions s "
+        "ON s.id = si.submission_id WHERE s.id = $1 AND si.status = 'done'",
+        uuid.UUID(body["submission_id"]),
+    )
+    assert key and (demo_components.store.root / key).is_file()
+    assert await pool.fetchval("SELECT state FROM outbox WHERE storage_key = $1", key) == "pending"
 
 
 @pytest.mark.parametrize("alteration", ["jpeg", "resize"])
