@@ -1,7 +1,10 @@
 """Micro-batching in front of the ONNX encoder, with a bounded queue for backpressure.
 
 On two cores one ORT call on a batch of 8 costs much less than 8 calls of 1, so concurrent
-requests are gathered and encoded together by a worker thread. Nothing waits for a batch that
+requests are gathered and encoded together by a worker thread. Each request's image is
+decoded and preprocessed in a pool of two threads (the cores), so however many requests wait,
+at most two images are decoded in memory at once: the rest wait as bytes, and what waits for
+the model is a 600 KB array. Nothing waits for a batch that
 is not coming: a batch is whatever is queued when the worker is free (up to the batch size),
 plus at most `max_wait_ms` for requests already being preprocessed. When the queue is full the
 request is refused at once (503 + Retry-After) instead of queueing without bound.
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,9 +25,13 @@ import numpy as np
 from appliance import metrics
 from appliance.encoder import Encoder
 from appliance.errors import ServiceUnavailableError
-from appliance.imaging import DecodedImage, preprocess
+from appliance.imaging import PreprocessParams
 
 log = logging.getLogger(__name__)
+
+
+# Turns one request's image into model input; raises the image's own errors (ImageError).
+Prepare = Callable[[PreprocessParams], np.ndarray]
 
 
 class EncoderOverloadedError(ServiceUnavailableError):
@@ -77,12 +84,12 @@ class BatchingEncoder:
         finally:
             self._admitted -= 1
 
-    async def embed(self, image: DecodedImage) -> np.ndarray:
+    async def embed(self, prepare: Prepare) -> np.ndarray:
         loop = asyncio.get_running_loop()
         self._incoming += 1
         try:
             pixels = await loop.run_in_executor(
-                self._prep, preprocess, image.image, self._encoder.preprocess_params
+                self._prep, prepare, self._encoder.preprocess_params
             )
         finally:
             self._incoming -= 1

@@ -13,15 +13,24 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
 
 from appliance import metrics
+from appliance.batching import Prepare
 from appliance.cache import EmbeddingCache
 from appliance.catalog import Catalog
 from appliance.errors import AppError
-from appliance.imaging import DecodedImage, ImageLimits, decode_image, identify_format
+from appliance.imaging import (
+    DecodedImage,
+    ImageLimits,
+    decode_and_preprocess,
+    decode_image,
+    identify_format,
+    preprocess,
+)
 from appliance.storage import LocalImageStore, client_key, sha256_hex, upload_key
 from appliance.submissions import (
     Submission,
@@ -47,7 +56,10 @@ class ImageEncoder(Protocol):
         """Hold a place for one request; raise a 503-type error at once when saturated."""
         ...
 
-    async def embed(self, image: DecodedImage) -> np.ndarray: ...
+    async def embed(self, prepare: Prepare) -> np.ndarray:
+        """Run `prepare` (decode and/or preprocess, CPU-bound) off the event loop, then the
+        model on its result."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -91,14 +103,16 @@ class Embedder:
         digest, (content_type, extension) = await asyncio.to_thread(self._fingerprint, data)
         with timed("cache"):
             vector = await self.cache.get(self.encoder.model_id, digest)
-        if vector is not None and decoded is None:
-            return Embedding(digest, content_type, extension, vector)
-        decoded = decoded or await self.decode(data)
         if vector is None:
-            with timed("encode"):
-                vector = await self.encoder.embed(decoded)
+            prepare: Prepare = (
+                partial(decode_and_preprocess, data, self.limits)
+                if decoded is None
+                else partial(preprocess, decoded.image)
+            )
+            with timed("encode"):  # decoding included, for a bytes-only upload
+                vector = await self.encoder.embed(prepare)
             await self.cache.put(self.encoder.model_id, digest, vector)
-        return Embedding(digest, decoded.content_type, decoded.extension, vector)
+        return Embedding(digest, content_type, extension, vector)
 
     def _fingerprint(self, data: bytes) -> tuple[str, tuple[str, str]]:
         return sha256_hex(data), identify_format(data, self.limits)

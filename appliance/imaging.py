@@ -334,6 +334,11 @@ def preprocess(image: Image.Image, params: PreprocessParams) -> np.ndarray:
     return np.ascontiguousarray((planes - mean) / std, dtype=np.float32)
 
 
+def decode_and_preprocess(data: bytes, limits: ImageLimits, params: PreprocessParams) -> np.ndarray:
+    """Bytes straight to model input, so the decoded image is freed inside the same call."""
+    return preprocess(decode_image(data, limits).image, params)
+
+
 def preprocess_batch(images: Sequence[Image.Image], params: PreprocessParams) -> np.ndarray:
     size = params.image_size
     batch = np.empty((len(images), 3, size, size), dtype=np.float32)

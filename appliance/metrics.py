@@ -13,7 +13,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 STAGE_SECONDS = Histogram(
     "raiox_stage_duration_seconds",
     "Time spent per identification stage.",
-    ["stage"],  # decode, preprocess, cache, encode, search, store, record
+    # cache, decode (form deliveries), encode (with preprocessing, and decoding for uploads),
+    # search, store, record
+    ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from appliance.batching import BatchingEncoder
 from appliance.components import Components
 from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_patient_sample
 from appliance.encoder import Encoder
-from appliance.imaging import ImageLimits, decode_image
+from appliance.imaging import ImageLimits, decode_and_preprocess, decode_image, preprocess
 from tests.fixtures.appliance import asgi_client, rewired
 
 
@@ -25,12 +26,14 @@ def distinct_images(count: int, seed: int) -> list[bytes]:
 
 
 async def test_concurrent_requests_get_exactly_their_own_vectors(encoder: Encoder) -> None:
-    images = [decode_image(data, ImageLimits()) for data in distinct_images(12, 100)]
+    images = [decode_image(data, ImageLimits()).image for data in distinct_images(12, 100)]
     single = BatchingEncoder(encoder, max_batch=1)
     batched = BatchingEncoder(encoder, max_batch=8, max_wait_ms=5)
     try:
-        alone = np.stack([await single.embed(image) for image in images])
-        together = np.stack(await asyncio.gather(*(batched.embed(image) for image in images)))
+        alone = np.stack([await single.embed(partial(preprocess, image)) for image in images])
+        together = np.stack(
+            await asyncio.gather(*(batched.embed(partial(preprocess, image)) for image in images))
+        )
     finally:
         await single.close()
         await batched.close()
@@ -42,13 +45,13 @@ async def test_concurrent_requests_get_exactly_their_own_vectors(encoder: Encode
 
 
 async def test_a_lone_request_does_not_wait_for_a_batch(encoder: Encoder) -> None:
-    image = decode_image(distinct_images(1, 7)[0], ImageLimits())
+    prepare = partial(decode_and_preprocess, distinct_images(1, 7)[0], ImageLimits())
     batching = BatchingEncoder(encoder, max_batch=8, max_wait_ms=2000)
     try:
         loop = asyncio.get_running_loop()
-        await batching.embed(image)  # warm-up
+        await batching.embed(prepare)  # warm-up
         start = loop.time()
-        await batching.embed(image)
+        await batching.embed(prepare)
         elapsed = loop.time() - start
     finally:
         await batching.close()
