@@ -65,6 +65,12 @@ class Settings:
     max_image_pixels: int = 60_000_000
     max_image_side: int = 16_384
 
+    # Tuned on 2 cores (tests/bench/model.py and http.py, int8 ViT-B/32). One ORT worker of
+    # 2 intra-op threads: a lone request encodes in 20-25 ms instead of ~38 ms on one thread;
+    # two 1-thread workers encode ~10% more images/s at batch 8 but leave a lone request on
+    # one core. inter-op 1: the graph runs sequentially. Batch 8: ~18.5 ms per image against
+    # ~29 ms at batch 1; batch 4 gave ~7% less throughput. The wait only applies while other
+    # requests are still being preprocessed (see batching.py).
     intra_op_threads: int = 2
     inter_op_threads: int = 1
     batch_max_size: int = 8
