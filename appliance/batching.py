@@ -1,13 +1,14 @@
 """Micro-batching in front of the ONNX encoder, with a bounded queue for backpressure.
 
 On two cores one ORT call on a batch of 8 costs much less than 8 calls of 1, so concurrent
-requests are gathered and encoded together by a worker thread. Each request's image is
-decoded and preprocessed in a pool of two threads (the cores), so however many requests wait,
-at most two images are decoded in memory at once: the rest wait as bytes, and what waits for
-the model is a 600 KB array. Nothing waits for a batch that
+requests are gathered and encoded together by a worker thread. Nothing waits for a batch that
 is not coming: a batch is whatever is queued when the worker is free (up to the batch size),
 plus at most `max_wait_ms` for requests already being preprocessed. When the queue is full the
 request is refused at once (503 + Retry-After) instead of queueing without bound.
+
+Each request's image is decoded and preprocessed in a pool of two threads (the cores), so
+however many requests wait, at most two images are decoded in memory at once: the rest wait
+as bytes, and what waits for the model is a 600 KB array.
 """
 
 from __future__ import annotations

@@ -313,7 +313,7 @@ def preprocess(image: Image.Image, params: PreprocessParams) -> np.ndarray:
 
     A grayscale image is resized as one plane and then normalized into three: Pillow resizes
     each channel alike, so this equals converting to RGB first, at a third of the work
-    (1 MP: 2.9 instead of 8.7 ms)."""
+    (1 MP: 3.1 instead of 7.6 ms)."""
     size = params.image_size
     if image.mode not in ("L", "RGB"):
         image = image.convert("RGB")
