@@ -17,7 +17,6 @@ from typing import Any
 import asyncpg
 from pgvector.asyncpg import register_vector
 
-from appliance.errors import ServiceUnavailableError
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,10 +24,6 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATABASE = "raiox"
 # One lock id for "a process is migrating": concurrent starts (several workers) wait in turn.
 MIGRATION_LOCK_ID = 0x5241494F58
-
-
-class DatabaseUnavailableError(ServiceUnavailableError):
-    code = "database_unavailable"
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,6 @@ class Delivery:
 class Outcome:
     submission: Submission
     error: AppError | None = None  # the first failure; it decides the HTTP status
-    replayed: bool = False  # a repeated delivery answered with what is stored
 
 
 class Intake:
@@ -132,7 +131,7 @@ class Intake:
         )
         if not created:
             if not await self.submissions.reopen(submission.id):
-                return Outcome(submission, replayed=True)
+                return Outcome(submission)  # a repeated delivery: answered with what is stored
             submission = await self.submissions.get(submission.id)
         return await self._process(submission, delivery.images, delivery.form_id)
 

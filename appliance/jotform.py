@@ -21,11 +21,9 @@ from typing import Any
 import httpx
 
 from appliance.errors import AppError, ServiceUnavailableError
-from appliance.settings import JOTFORM_MAPPABLE_FIELDS
 
 FIELDS = ("nome", "email", "paciente", "dente")
 FILE_FIELD = "file"
-MAPPABLE_FIELDS = JOTFORM_MAPPABLE_FIELDS
 MAX_TEXT = 500
 _QUESTION_KEY = re.compile(r"^q(\d+)_(.+)$")
 _EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

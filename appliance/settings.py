@@ -18,7 +18,7 @@ DEFAULT_JOTFORM_ORIGINS = (
     "https://hipaa.jotform.com",
 )
 
-# The form fields RAIOX_JOTFORM_FIELD_MAP may map (appliance.jotform.MAPPABLE_FIELDS).
+# The form fields RAIOX_JOTFORM_FIELD_MAP may map (appliance.jotform's FIELDS and FILE_FIELD).
 JOTFORM_MAPPABLE_FIELDS = ("nome", "email", "paciente", "dente", "file")
 
 

@@ -223,14 +223,6 @@ class SubmissionRepository:
             )
             return await self._load(conn, "s.id = $1", submission_id)
 
-    async def mark_failed(self, submission_id: uuid.UUID, error: str) -> None:
-        await self._pool.execute(
-            "UPDATE submissions SET status = 'failed', error = $2, updated_at = now(), "
-            "attempts = attempts + 1 WHERE id = $1",
-            submission_id,
-            error,
-        )
-
     async def reopen(self, submission_id: uuid.UUID, stale_after_s: float = 600.0) -> bool:
         """Claim a failed submission (or one left 'processing' by a crash) for another try;
         False when another delivery or retry holds it, so no two ever process it at once."""
