@@ -21,7 +21,7 @@ import numpy as np
 from appliance import metrics
 from appliance.batching import Prepare
 from appliance.cache import EmbeddingCache
-from appliance.catalog import Catalog
+from appliance.catalog import Catalog, Match
 from appliance.errors import AppError
 from appliance.imaging import (
     DecodedImage,
@@ -31,7 +31,7 @@ from appliance.imaging import (
     identify_format,
     preprocess,
 )
-from appliance.storage import LocalImageStore, client_key, sha256_hex, upload_key
+from appliance.storage import LocalImageStore, StoredObject, client_key, sha256_hex, upload_key
 from appliance.submissions import (
     Submission,
     SubmissionImage,
@@ -153,13 +153,7 @@ class Identifier:
             embedding = await self.embedder.embed(data)  # validates: a bad image stores nothing
             client_id = client_id_for(submitter.dentist_email, self.client_secret)
             key = storage_key(source, client_id, embedding.sha256, embedding.extension)
-            # On disk before the database is touched: an outage there loses no image.
-            with timed("store"):
-                stored = await self.store.put(
-                    key, data, embedding.content_type, sha256=embedding.sha256
-                )
-            with timed("search"):
-                matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)
+            stored, matches = await self._keep_and_search(key, data, embedding)
             with timed("record"):
                 submission = await self.submissions.create_done(
                     source=source,
@@ -187,12 +181,7 @@ class Identifier:
             key = storage_key(
                 submission.source, submission.client_id, embedding.sha256, embedding.extension
             )
-            with timed("store"):
-                stored = await self.store.put(
-                    key, data, embedding.content_type, sha256=embedding.sha256
-                )
-            with timed("search"):
-                matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)
+            stored, matches = await self._keep_and_search(key, data, embedding)
             with timed("record"):
                 await self.submissions.record_result(
                     image.id,
@@ -204,6 +193,18 @@ class Identifier:
         except AppError as exc:
             await self._fail_image(image, exc.detail)
             raise
+
+    async def _keep_and_search(
+        self, key: str, data: bytes, embedding: Embedding
+    ) -> tuple[StoredObject, list[Match]]:
+        """On disk before the database is touched: an outage there loses no image."""
+        with timed("store"):
+            stored = await self.store.put(
+                key, data, embedding.content_type, sha256=embedding.sha256
+            )
+        with timed("search"):
+            matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)
+        return stored, matches
 
     async def finish(self, submission: Submission) -> Submission:
         finished = await self.submissions.finish(submission.id)

@@ -74,9 +74,9 @@ class LocalImageStore:
     ) -> StoredObject:
         """`sha256`: the digest when the caller has it already, so the bytes aren't hashed
         twice (and never on the event loop)."""
-        check_key(key)
+        path = self.path(key)  # refuses a key that escapes the root
         digest = await asyncio.to_thread(sha256_hex, data) if sha256 is None else sha256
-        await asyncio.to_thread(self._write_atomic, self.path(key), data)
+        await asyncio.to_thread(self._write_atomic, path, data)
         return StoredObject(key, digest, len(data), content_type)
 
     async def read(self, key: str) -> bytes | None:
