@@ -9,14 +9,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.batching import BatchingEncoder
-from appliance.cache import EmbeddingCache, create_cache
-from appliance.catalog import Catalog
+from appliance.catalog.repository import Catalog
 from appliance.database import Database
-from appliance.encoder import Encoder
 from appliance.errors import AppError
-from appliance.identify import Embedder, Identifier
-from appliance.imaging import ImageLimits
+from appliance.identification.batching import BatchingEncoder
+from appliance.identification.cache import EmbeddingCache, create_cache
+from appliance.identification.encoder import Encoder
+from appliance.identification.identify import Embedder, Identifier
 from appliance.settings import Settings
 from appliance.storage import ImageReader, LocalImageStore, PresignedUrls
 from appliance.submissions import SubmissionRepository
@@ -45,7 +44,7 @@ class Components:
 
     @property
     def images(self) -> ImageReader:
-        return ImageReader(self.store, self.spaces, self.settings.spaces_presign_seconds)
+        return ImageReader(self.store, self.spaces, self.settings.spaces.presign_seconds)
 
     async def close(self) -> None:
         await self.batching.close()
@@ -57,8 +56,8 @@ def load_encoder(settings: Settings) -> Encoder:
     """Load the model and refuse a random-weight one unless explicitly allowed."""
     encoder = Encoder.load(
         settings.model_dir,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
+        intra_op_threads=settings.encoder.intra_op_threads,
+        inter_op_threads=settings.encoder.inter_op_threads,
     )
     if not encoder.pretrained and not settings.allow_untrained_model:
         raise UntrainedModelError(
@@ -83,37 +82,23 @@ def load_or_create_secret(path: Path) -> bytes:
     return value
 
 
-def image_limits(settings: Settings) -> ImageLimits:
-    return ImageLimits(
-        max_bytes=settings.max_upload_bytes,
-        max_pixels=settings.max_image_pixels,
-        max_side=settings.max_image_side,
-    )
-
-
 async def build_components(settings: Settings) -> Components:
     encoder = load_encoder(settings)
     settings.images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     database = await Database.open(settings)
     try:
-        batching = BatchingEncoder(
-            encoder,
-            max_batch=settings.batch_max_size,
-            max_wait_ms=settings.batch_max_wait_ms,
-            queue_max=settings.queue_max,
-            queue_wait_seconds=settings.queue_wait_seconds,
-        )
-        cache = create_cache(settings)
-        catalog = Catalog(database.pool, hnsw_threshold=settings.hnsw_threshold)
+        batching = BatchingEncoder(encoder, settings.encoder)
+        cache = create_cache(settings.cache)
+        catalog = Catalog(database.pool, hnsw_threshold=settings.catalog.hnsw_threshold)
         submissions = SubmissionRepository(database.pool)
         store = LocalImageStore(settings.images_dir)
-        embedder = Embedder(batching, cache, image_limits(settings))
+        embedder = Embedder(batching, cache, settings.limits)
         identifier = Identifier(
             embedder=embedder,
             catalog=catalog,
             submissions=submissions,
             store=store,
-            top_k=settings.top_k,
+            top_k=settings.catalog.top_k,
             client_secret=load_or_create_secret(settings.data_dir / "client-id.key"),
         )
     except BaseException:

@@ -1,15 +1,19 @@
 """One frozen Settings object read from RAIOX_* environment variables (and a `.env` file).
 
-Everything configurable lives here so that a wrong value fails at start, with the variable's
-name in the message, instead of deep inside a request at 3 a.m.
+Everything configurable lives here, grouped by the part of the appliance that uses it, so a
+wrong value fails at start with the variable's name in the message instead of deep inside a
+request at 3 a.m. Each field names its variable and holds its one default; each component is
+handed only its own part (`settings.cache`, `settings.spaces`, ...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 DEFAULT_JOTFORM_ORIGINS = (
     "https://www.jotform.com",
@@ -18,83 +22,142 @@ DEFAULT_JOTFORM_ORIGINS = (
     "https://hipaa.jotform.com",
 )
 
-# The form fields RAIOX_JOTFORM_FIELD_MAP may map (appliance.jotform's FIELDS and FILE_FIELD).
+# The form fields RAIOX_JOTFORM_FIELD_MAP may map (intake.jotform's FIELDS and FILE_FIELD).
 JOTFORM_MAPPABLE_FIELDS = ("nome", "email", "paciente", "dente", "file")
+
+P = TypeVar("P")
 
 
 class SettingsError(ValueError):
     """A RAIOX_* variable is missing, malformed or inconsistent."""
 
 
+def _var(env: str, default: Any = None, *, secret: bool = False) -> Any:
+    """A setting read from `env`; secrets stay out of repr (and so out of logs)."""
+    return field(default=default, repr=not secret, metadata={"env": env})
+
+
+def env_name(part: Any, name: str) -> str:
+    """The RAIOX_* variable behind a field of a settings part."""
+    return str({f.name: f for f in fields(part)}[name].metadata["env"])
+
+
 @dataclass(frozen=True)
-class Settings:
-    data_dir: Path = Path("./data")
-    model_dir: Path = Path("./models/current")
-    allow_untrained_model: bool = False
+class ImageLimits:
+    """What an accepted image may weigh and measure (decompression bombs, huge uploads)."""
 
-    database_url: str | None = None
-    redis_url: str | None = None
-    cache_ttl_seconds: int = 30 * 24 * 3600
-    cache_timeout_seconds: float = 0.05
-    cache_memory_max_bytes: int = 32 * 1024 * 1024
+    max_bytes: int = _var("RAIOX_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
+    max_pixels: int = _var("RAIOX_MAX_IMAGE_PIXELS", 60_000_000)
+    max_side: int = _var("RAIOX_MAX_IMAGE_SIDE", 16_384)
 
-    spaces_endpoint: str | None = None
-    spaces_region: str | None = None
-    spaces_bucket: str | None = None
-    spaces_access_key: str | None = field(default=None, repr=False)
-    spaces_secret_key: str | None = field(default=None, repr=False)
-    spaces_presign_seconds: int = 300
-    sync_max_attempts: int = 8
-    sync_poll_seconds: float = 2.0
-    sync_lease_seconds: float = 300.0
-    sync_backoff_base_seconds: float = 2.0
-    sync_backoff_cap_seconds: float = 3600.0
-    sync_concurrency: int = 4
-    local_retention_days: int | None = None
 
-    webhook_token: str | None = field(default=None, repr=False)
-    jotform_api_key: str | None = field(default=None, repr=False)
-    jotform_upload_origins: tuple[str, ...] = DEFAULT_JOTFORM_ORIGINS
-    jotform_field_map: tuple[tuple[str, str], ...] = ()
-    jotform_verify_submissions: bool = False
-    jotform_api_url: str = "https://api.jotform.com"
-    download_timeout_seconds: float = 15.0
-    result_link_minutes: int = 30
+@dataclass(frozen=True)
+class EncoderSettings:
+    """ONNX Runtime threads, micro-batching and the encoder queue.
 
-    max_upload_bytes: int = 25 * 1024 * 1024
-    max_image_pixels: int = 60_000_000
-    max_image_side: int = 16_384
+    Tuned on 2 cores (tests/bench/model.py and http.py, int8 ViT-B/32). One ORT worker of
+    2 intra-op threads: a lone request encodes in 20-25 ms instead of ~38 ms on one thread;
+    two 1-thread workers encode ~10% more images/s at batch 8 but leave a lone request on
+    one core. inter-op 1: the graph runs sequentially. Batch 8: ~18.5 ms per image against
+    ~29 ms at batch 1; batch 4 gave ~7% less throughput. The wait only applies while other
+    requests are still being preprocessed (see identification/batching.py).
+    """
 
-    # Tuned on 2 cores (tests/bench/model.py and http.py, int8 ViT-B/32). One ORT worker of
-    # 2 intra-op threads: a lone request encodes in 20-25 ms instead of ~38 ms on one thread;
-    # two 1-thread workers encode ~10% more images/s at batch 8 but leave a lone request on
-    # one core. inter-op 1: the graph runs sequentially. Batch 8: ~18.5 ms per image against
-    # ~29 ms at batch 1; batch 4 gave ~7% less throughput. The wait only applies while other
-    # requests are still being preprocessed (see batching.py).
-    intra_op_threads: int = 2
-    inter_op_threads: int = 1
-    batch_max_size: int = 8
-    batch_max_wait_ms: float = 2.0
-    queue_max: int = 64
-    queue_wait_seconds: float = 10.0
+    intra_op_threads: int = _var("RAIOX_INTRA_OP_THREADS", 2)
+    inter_op_threads: int = _var("RAIOX_INTER_OP_THREADS", 1)
+    batch_max_size: int = _var("RAIOX_BATCH_MAX_SIZE", 8)
+    batch_max_wait_ms: float = _var("RAIOX_BATCH_MAX_WAIT_MS", 2.0)
+    queue_max: int = _var("RAIOX_QUEUE_MAX", 64)
+    queue_wait_seconds: float = _var("RAIOX_QUEUE_WAIT_SECONDS", 10.0)
 
-    top_k: int = 3
-    hnsw_threshold: int = 5000
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    public_base_url: str | None = None
+@dataclass(frozen=True)
+class CatalogSettings:
+    """How the catalog is searched."""
+
+    top_k: int = _var("RAIOX_TOP_K", 3)
+    hnsw_threshold: int = _var("RAIOX_HNSW_THRESHOLD", 5000)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The embedding cache: Redis when a URL is set, else a bounded in-process one."""
+
+    redis_url: str | None = _var("RAIOX_REDIS_URL")
+    ttl_seconds: int = _var("RAIOX_CACHE_TTL_SECONDS", 30 * 24 * 3600)
+    timeout_seconds: float = _var("RAIOX_CACHE_TIMEOUT_SECONDS", 0.05)
+    memory_max_bytes: int = _var("RAIOX_CACHE_MEMORY_MAX_BYTES", 32 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class SpacesSettings:
+    """The S3-compatible replica (DigitalOcean Spaces); all four of endpoint, bucket and keys,
+    or none (replication off)."""
+
+    endpoint: str | None = _var("RAIOX_SPACES_ENDPOINT")
+    region: str | None = _var("RAIOX_SPACES_REGION")
+    bucket: str | None = _var("RAIOX_SPACES_BUCKET")
+    access_key: str | None = _var("RAIOX_SPACES_ACCESS_KEY", secret=True)
+    secret_key: str | None = _var("RAIOX_SPACES_SECRET_KEY", secret=True)
+    presign_seconds: int = _var("RAIOX_SPACES_PRESIGN_SECONDS", 300)
 
     @property
-    def spaces_enabled(self) -> bool:
-        return all(
-            (
-                self.spaces_endpoint,
-                self.spaces_bucket,
-                self.spaces_access_key,
-                self.spaces_secret_key,
-            )
-        )
+    def enabled(self) -> bool:
+        return all((self.endpoint, self.bucket, self.access_key, self.secret_key))
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """The replication worker: retries, leases, backoff, and local retention."""
+
+    max_attempts: int = _var("RAIOX_SYNC_MAX_ATTEMPTS", 8)
+    poll_seconds: float = _var("RAIOX_SYNC_POLL_SECONDS", 2.0)
+    lease_seconds: float = _var("RAIOX_SYNC_LEASE_SECONDS", 300.0)
+    backoff_base_seconds: float = _var("RAIOX_SYNC_BACKOFF_BASE_SECONDS", 2.0)
+    backoff_cap_seconds: float = _var("RAIOX_SYNC_BACKOFF_CAP_SECONDS", 3600.0)
+    concurrency: int = _var("RAIOX_SYNC_CONCURRENCY", 4)
+    local_retention_days: int | None = _var("RAIOX_LOCAL_RETENTION_DAYS")
+
+
+@dataclass(frozen=True)
+class JotformSettings:
+    """Webhooks (Jotform's and the generic one) and the downloads they lead to."""
+
+    webhook_token: str | None = _var("RAIOX_WEBHOOK_TOKEN", secret=True)
+    api_key: str | None = _var("RAIOX_JOTFORM_API_KEY", secret=True)
+    upload_origins: tuple[str, ...] = _var("RAIOX_JOTFORM_UPLOAD_ORIGINS", DEFAULT_JOTFORM_ORIGINS)
+    field_map: tuple[tuple[str, str], ...] = _var("RAIOX_JOTFORM_FIELD_MAP", ())
+    verify_submissions: bool = _var("RAIOX_JOTFORM_VERIFY_SUBMISSIONS", False)
+    api_url: str = _var("RAIOX_JOTFORM_API_URL", "https://api.jotform.com")
+    download_timeout_seconds: float = _var("RAIOX_DOWNLOAD_TIMEOUT_SECONDS", 15.0)
+    result_link_minutes: int = _var("RAIOX_RESULT_LINK_MINUTES", 30)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where `raiox serve` listens and how answers spell their URLs."""
+
+    host: str = _var("RAIOX_HOST", "127.0.0.1")
+    port: int = _var("RAIOX_PORT", 8000)
+    public_base_url: str | None = _var("RAIOX_PUBLIC_BASE_URL")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Path is immutable: one shared default instance is safe.
+    data_dir: Path = _var("RAIOX_DATA_DIR", Path("./data"))  # noqa: RUF009
+    model_dir: Path = _var("RAIOX_MODEL_DIR", Path("./models/current"))  # noqa: RUF009
+    allow_untrained_model: bool = _var("RAIOX_ALLOW_UNTRAINED_MODEL", False)
+    database_url: str | None = _var("RAIOX_DATABASE_URL")
+
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    spaces: SpacesSettings = field(default_factory=SpacesSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    jotform: JotformSettings = field(default_factory=JotformSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
     @property
     def images_dir(self) -> Path:
@@ -104,12 +167,6 @@ class Settings:
     def postgres_dir(self) -> Path:
         return self.data_dir / "postgres"
 
-    def replace(self, **changes: Any) -> Settings:
-        """A copy with some fields changed (tests and the CLI use it)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return Settings(**values)
-
     @classmethod
     def from_env(
         cls, environ: dict[str, str] | None = None, env_file: Path | None = None
@@ -117,77 +174,85 @@ class Settings:
         """Read RAIOX_* variables; a `.env` file fills in what the environment leaves unset."""
         env = dict(_read_env_file(env_file or Path(".env")))
         env.update(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"RAIOX_{f.name.upper()}")
-            if raw is None or raw.strip() == "":
-                continue
-            values[f.name] = _parse(f.name, str(f.type), raw.strip())
-        settings = cls(**values)
+        settings = _read(cls, env)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        positive = ("max_upload_bytes", "max_image_pixels", "max_image_side", "top_k", "queue_max")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"RAIOX_{name.upper()} must be positive")
-        sync = ("sync_max_attempts", "sync_concurrency", "sync_lease_seconds", "sync_poll_seconds")
-        for name in sync:
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"RAIOX_{name.upper()} must be positive")
-        if self.local_retention_days is not None and self.local_retention_days < 1:
+        _positive(self.limits, "max_bytes", "max_pixels", "max_side")
+        _positive(self.catalog, "top_k")
+        _positive(self.encoder, "queue_max")
+        _positive(self.sync, "max_attempts", "concurrency", "lease_seconds", "poll_seconds")
+        retention = self.sync.local_retention_days
+        if retention is not None and retention < 1:
             raise SettingsError("RAIOX_LOCAL_RETENTION_DAYS must be at least 1 (unset keeps all)")
-        if self.batch_max_size < 1 or self.intra_op_threads < 1 or self.inter_op_threads < 1:
+        e = self.encoder
+        if e.batch_max_size < 1 or e.intra_op_threads < 1 or e.inter_op_threads < 1:
             raise SettingsError("RAIOX_BATCH_MAX_SIZE and thread counts must be at least 1")
-        spaces = (
-            self.spaces_endpoint,
-            self.spaces_bucket,
-            self.spaces_access_key,
-            self.spaces_secret_key,
-        )
+        s = self.spaces
+        spaces = (s.endpoint, s.bucket, s.access_key, s.secret_key)
         if any(spaces) and not all(spaces):
             raise SettingsError(
                 "Spaces replication needs RAIOX_SPACES_ENDPOINT, _BUCKET, _ACCESS_KEY and "
                 "_SECRET_KEY together; set all four or none"
             )
-        unknown = {v.lower() for _, v in self.jotform_field_map} - set(JOTFORM_MAPPABLE_FIELDS)
+        j = self.jotform
+        unknown = {v.lower() for _, v in j.field_map} - set(JOTFORM_MAPPABLE_FIELDS)
         if unknown:
             raise SettingsError(
                 f"RAIOX_JOTFORM_FIELD_MAP maps questions to unknown fields {sorted(unknown)}; "
                 f"use {', '.join(JOTFORM_MAPPABLE_FIELDS)}"
             )
-        if self.jotform_verify_submissions and not self.jotform_api_key:
+        if j.verify_submissions and not j.api_key:
             raise SettingsError("RAIOX_JOTFORM_VERIFY_SUBMISSIONS needs RAIOX_JOTFORM_API_KEY")
-        for origin in self.jotform_upload_origins:
+        for origin in j.upload_origins:
             if not origin.startswith(("https://", "http://")) or origin.count("/") != 2:
                 raise SettingsError(
                     f"RAIOX_JOTFORM_UPLOAD_ORIGINS entry {origin!r} must be scheme://host[:port]"
                 )
 
 
-def _parse(name: str, type_name: str, raw: str) -> Any:
-    var = f"RAIOX_{name.upper()}"
+def _positive(part: Any, *names: str) -> None:
+    for name in names:
+        if getattr(part, name) <= 0:
+            raise SettingsError(f"{env_name(part, name)} must be positive")
+
+
+def _read(cls: type[P], env: dict[str, str]) -> P:
+    """Build `cls` from env: a part recursively, a field from its variable when set."""
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        kind = hints[f.name]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            values[f.name] = _read(kind, env)
+            continue
+        var = f.metadata["env"]
+        raw = env.get(var)
+        if raw is not None and raw.strip():
+            values[f.name] = _parse(var, kind, raw.strip())
+    return cls(**values)
+
+
+def _parse(var: str, kind: Any, raw: str) -> Any:
+    if get_origin(kind) in (Union, types.UnionType):  # `X | None`: parse as X
+        (kind,) = [arg for arg in get_args(kind) if arg is not type(None)]
     try:
-        if "bool" in type_name:
+        if kind is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
                 return True
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
-        if "Path" in type_name:
-            return Path(raw)
-        if "tuple[tuple" in type_name:
-            return tuple(_pair(item) for item in raw.split(",") if item.strip())
-        if "tuple" in type_name:
+        if kind in (int, float, str, Path):
+            return kind(raw)
+        if kind == tuple[str, ...]:
             return tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
-        if "int" in type_name:
-            return int(raw)
-        if "float" in type_name:
-            return float(raw)
-        return raw
+        if kind == tuple[tuple[str, str], ...]:
+            return tuple(_pair(item) for item in raw.split(",") if item.strip())
     except ValueError as exc:
         raise SettingsError(f"{var} has an invalid value") from exc
+    raise TypeError(f"{var}: no parser for {kind}")
 
 
 def _pair(item: str) -> tuple[str, str]:

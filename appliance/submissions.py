@@ -20,10 +20,10 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from appliance import outbox
-from appliance.catalog import Match, implant_from_row
+from appliance.catalog.repository import Match, implant_from_row
 from appliance.errors import AppError
 from appliance.storage import StoredObject
+from appliance.sync import outbox
 
 
 class SubmissionNotFoundError(AppError):

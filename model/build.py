@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from appliance.imaging import PreprocessParams, preprocess_batch
-from appliance.manifest import (
+from appliance.identification.imaging import PreprocessParams, preprocess_batch
+from appliance.identification.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     ModelManifest,

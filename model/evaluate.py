@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from appliance.manifest import Parity
+from appliance.identification.manifest import Parity
 
 PARITY_IMAGES = 64
 PARITY_SEED = 1234

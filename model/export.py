@@ -21,7 +21,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from PIL import Image
 
-from appliance.manifest import file_sha256
+from appliance.identification.manifest import file_sha256
 
 ARCHITECTURE = "ViT-B-32"
 OPSET = 17

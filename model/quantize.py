@@ -23,7 +23,7 @@ from pathlib import Path
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from appliance.manifest import Quantization
+from appliance.identification.manifest import Quantization
 
 DEFAULT = Quantization(
     method="dynamic",

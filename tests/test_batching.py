@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from appliance.batching import BatchingEncoder
+from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_patient_sample
 from appliance.components import Components
-from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_patient_sample
-from appliance.encoder import Encoder
-from appliance.imaging import ImageLimits, decode_and_preprocess, decode_image, preprocess
+from appliance.identification.batching import BatchingEncoder
+from appliance.identification.encoder import Encoder
+from appliance.identification.imaging import decode_and_preprocess, decode_image, preprocess
+from appliance.settings import EncoderSettings, ImageLimits
 from tests.fixtures.appliance import asgi_client, rewired
 
 
@@ -27,8 +28,8 @@ def distinct_images(count: int, seed: int) -> list[bytes]:
 
 async def test_concurrent_requests_get_exactly_their_own_vectors(encoder: Encoder) -> None:
     images = [decode_image(data, ImageLimits()).image for data in distinct_images(12, 100)]
-    single = BatchingEncoder(encoder, max_batch=1)
-    batched = BatchingEncoder(encoder, max_batch=8, max_wait_ms=5)
+    single = BatchingEncoder(encoder, EncoderSettings(batch_max_size=1))
+    batched = BatchingEncoder(encoder, EncoderSettings(batch_max_wait_ms=5))
     try:
         alone = np.stack([await single.embed(partial(preprocess, image)) for image in images])
         together = np.stack(
@@ -46,7 +47,7 @@ async def test_concurrent_requests_get_exactly_their_own_vectors(encoder: Encode
 
 async def test_a_lone_request_does_not_wait_for_a_batch(encoder: Encoder) -> None:
     prepare = partial(decode_and_preprocess, distinct_images(1, 7)[0], ImageLimits())
-    batching = BatchingEncoder(encoder, max_batch=8, max_wait_ms=2000)
+    batching = BatchingEncoder(encoder, EncoderSettings(batch_max_wait_ms=2000))
     try:
         loop = asyncio.get_running_loop()
         await batching.embed(prepare)  # warm-up
@@ -60,7 +61,12 @@ async def test_a_lone_request_does_not_wait_for_a_batch(encoder: Encoder) -> Non
 
 def tight_components(comps: Components, queue_max: int) -> Components:
     """The shared components with an encoder whose queue holds only `queue_max` requests."""
-    return rewired(comps, batching=BatchingEncoder(comps.encoder, max_batch=2, queue_max=queue_max))
+    return rewired(
+        comps,
+        batching=BatchingEncoder(
+            comps.encoder, EncoderSettings(batch_max_size=2, queue_max=queue_max)
+        ),
+    )
 
 
 async def test_full_queue_answers_503_with_retry_after_and_recovers(

@@ -14,16 +14,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from appliance import metrics
-from appliance.cache import (
+from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_patient_sample
+from appliance.components import Components
+from appliance.identification.cache import (
     ENTRY_OVERHEAD_BYTES,
     MemoryEmbeddingCache,
     RedisEmbeddingCache,
     cache_key,
     create_cache,
 )
-from appliance.components import Components
-from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_patient_sample
-from appliance.settings import Settings
+from appliance.settings import CacheSettings
 from tests.fixtures.appliance import asgi_client, rewired
 from tests.fixtures.redis import RedisServer, free_port
 
@@ -118,7 +118,7 @@ async def test_redis_crash_degrades_fast_then_recovers_on_the_same_object(
     redis_server: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="appliance.cache")
+    caplog.set_level(logging.INFO, logger="appliance.identification.cache")
     await redis_cache.put("m", "k", vector(2))
     redis_server.stop()
     errors = lookups("redis", "error")
@@ -139,7 +139,9 @@ async def test_redis_crash_degrades_fast_then_recovers_on_the_same_object(
     redis_server.start()
     assert await recover(redis_cache) < 6.0  # the backoff, not a reconnect by hand
     assert redis_up() == 1
-    messages = [r.getMessage() for r in caplog.records if r.name == "appliance.cache"]
+    messages = [
+        r.getMessage() for r in caplog.records if r.name == "appliance.identification.cache"
+    ]
     assert len([m for m in messages if "unreachable" in m]) == 1, messages  # once per outage
     assert len([m for m in messages if "reachable again" in m]) == 1, messages
     assert not any(str(redis_server.port) in m for m in messages)
@@ -188,7 +190,7 @@ async def test_redis_restart_between_requests_is_invisible(
 async def test_redis_credentials_never_reach_logs_or_health(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="appliance.cache")
+    caplog.set_level(logging.INFO, logger="appliance.identification.cache")
     port = free_port()  # nothing listens there
     url = f"redis://raiox:s3cret-pass@127.0.0.1:{port}/0"
     cache = RedisEmbeddingCache(url, ttl_seconds=60, timeout_seconds=TIMEOUT)
@@ -254,8 +256,8 @@ async def test_memory_cache_stays_consistent_under_concurrent_tasks() -> None:
 
 
 async def test_create_cache_follows_settings(redis_server: RedisServer) -> None:
-    memory = create_cache(Settings(cache_memory_max_bytes=ENTRY))
-    redis_backed = create_cache(Settings(redis_url=redis_server.url))
+    memory = create_cache(CacheSettings(memory_max_bytes=ENTRY))
+    redis_backed = create_cache(CacheSettings(redis_url=redis_server.url))
     try:
         assert isinstance(memory, MemoryEmbeddingCache) and memory.backend == "memory"
         assert isinstance(redis_backed, RedisEmbeddingCache)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from appliance.app import create_app
-from appliance.catalog_import import import_catalog, read_manifest, reembed_catalog
+from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_reference
+from appliance.catalog.importer import import_catalog, read_manifest, reembed_catalog
 from appliance.components import UntrainedModelError, build_components, load_encoder
 from appliance.database import apply_migrations
-from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_reference
 from tests.fixtures.appliance import appliance_settings, asgi_client, quiet_progress
 
 
@@ -137,7 +138,7 @@ async def test_database_down_is_a_503_and_the_image_stays_on_disk(
         settings = appliance_settings(str(server.get_uri(database="raiox")), model_dir)
         comps = await build_components(settings)
         try:
-            from appliance.catalog_import import demo_specs
+            from appliance.catalog.importer import demo_specs
 
             await import_catalog(
                 demo_specs(1)[:3],
@@ -170,14 +171,16 @@ def test_untrained_model_refused_unless_allowed(model_dir: Path, tmp_path: Path)
     settings = appliance_settings("postgresql://unused", model_dir, allow_untrained_model=False)
     with pytest.raises(UntrainedModelError, match="RAIOX_ALLOW_UNTRAINED_MODEL"):
         load_encoder(settings)
-    assert load_encoder(settings.replace(allow_untrained_model=True)).pretrained is False
+    assert (
+        load_encoder(dataclasses.replace(settings, allow_untrained_model=True)).pretrained is False
+    )
 
 
 async def test_hnsw_path_agrees_with_exact_scan(database_url: str) -> None:
     """Past the threshold an HNSW index is built and used; answers must not change."""
     import numpy as np
 
-    from appliance.catalog import HNSW_INDEX, Catalog, NewImplant
+    from appliance.catalog.repository import HNSW_INDEX, Catalog, NewImplant
     from appliance.database import Database
     from appliance.settings import Settings
 

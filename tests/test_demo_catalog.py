@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from appliance.demo_catalog import (
+from appliance.catalog.demo import (
     DEMO_IMPLANTS,
     PLATFORM_Y,
     PX_PER_MM,

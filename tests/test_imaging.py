@@ -16,13 +16,12 @@ import pytest
 from PIL import Image, ImageOps
 
 from appliance.errors import AppError
-from appliance.imaging import (
+from appliance.identification.imaging import (
     BadDimensionsError,
     CorruptImageError,
     DecodedImage,
     EmptyImageError,
     ImageError,
-    ImageLimits,
     ImageTooLargeError,
     PreprocessParams,
     TooManyPixelsError,
@@ -32,6 +31,7 @@ from appliance.imaging import (
     preprocess_batch,
     window_to_8bit,
 )
+from appliance.settings import ImageLimits
 
 LIMITS = ImageLimits()
 PARAMS = PreprocessParams()

@@ -18,9 +18,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from appliance.cli import app as cli_app
+from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_reference
+from appliance.cli.main import app as cli_app
 from appliance.components import Components
-from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_reference
+from appliance.settings import JotformSettings, Settings
 from tests.fixtures.appliance import asgi_client
 from tests.fixtures.uploads_server import Route, UploadsServer
 
@@ -48,14 +49,19 @@ def closed_port() -> int:
 UNREACHABLE = f"http://127.0.0.1:{closed_port()}"
 
 
-def intake_settings(comps: Components, server: UploadsServer, **changes: Any) -> Any:
-    return comps.settings.replace(
+def intake_settings(comps: Components, server: UploadsServer, **jotform: Any) -> Settings:
+    """The shared settings with webhooks on, files from `server`, and `jotform` changes."""
+    part = JotformSettings(
         webhook_token=TOKEN,
-        jotform_api_key=API_KEY,
-        jotform_upload_origins=(server.origin, UNREACHABLE),
+        api_key=API_KEY,
+        upload_origins=(server.origin, UNREACHABLE),
         download_timeout_seconds=1.5,
-        max_upload_bytes=1_000_000,
-    ).replace(**changes)
+    )
+    return dataclasses.replace(
+        comps.settings,
+        jotform=dataclasses.replace(part, **jotform),
+        limits=dataclasses.replace(comps.settings.limits, max_bytes=1_000_000),
+    )
 
 
 @asynccontextmanager
@@ -262,7 +268,7 @@ async def test_unusual_question_names_through_the_field_map(
         ("numeroDoDente", "dente"),
         ("fotoRx", "file"),
     )
-    async with intake_client(demo_components, uploads_server, jotform_field_map=field_map) as c:
+    async with intake_client(demo_components, uploads_server, field_map=field_map) as c:
         uploads = {"fotoRx": (30, [rx]), "encaminhamento": (31, [other])}
         response = await post_jotform(c, jotform_parts(sid, answers, uploads))
     assert response.status_code == 200, response.text
@@ -563,8 +569,8 @@ async def test_submission_confirmed_with_jotform_api(
     async with intake_client(
         demo_components,
         uploads_server,
-        jotform_verify_submissions=True,
-        jotform_api_url=uploads_server.origin + "/api",
+        verify_submissions=True,
+        api_url=uploads_server.origin + "/api",
     ) as client:
         ok = await post_jotform(
             client, jotform_parts(known, SEED_ANSWERS, {"rx": (7, [urls[known]])})
@@ -584,8 +590,8 @@ async def test_submission_confirmed_with_jotform_api(
     async with intake_client(
         demo_components,
         uploads_server,
-        jotform_verify_submissions=True,
-        jotform_api_url=UNREACHABLE,
+        verify_submissions=True,
+        api_url=UNREACHABLE,
     ) as client:
         down = await post_jotform(client, jotform_parts(later, SEED_ANSWERS, {"rx": (7, [url])}))
     assert down.status_code == 502 and down.json()["error"] == "jotform_unreachable"

@@ -11,13 +11,13 @@ import httpx
 import pytest
 
 from appliance.api.results import install_log_redaction
-from appliance.downloads import (
+from appliance.intake.downloads import (
     UploadOriginNotAllowedError,
     checked_url,
     normalize_origins,
     with_credentials,
 )
-from appliance.jotform import FieldMap, MalformedPayloadError, as_text, read_post
+from appliance.intake.jotform import FieldMap, MalformedPayloadError, as_text, read_post
 from appliance.settings import DEFAULT_JOTFORM_ORIGINS, Settings, SettingsError
 
 UPLOAD = "https://www.jotform.com/uploads/clinica/251488352368668/6295223450435068292/rx%201.png"
@@ -204,7 +204,7 @@ def test_settings_refuse_unknown_mapped_fields_and_verification_without_key() ->
     with pytest.raises(SettingsError, match="API_KEY"):
         Settings.from_env(env, env_file=None)
     env = {"RAIOX_JOTFORM_FIELD_MAP": "nomeDoDentista=nome, q30=file, q31=file"}
-    pairs = Settings.from_env(env, env_file=None).jotform_field_map
+    pairs = Settings.from_env(env, env_file=None).jotform.field_map
     assert pairs == (("nomeDoDentista", "nome"), ("q30", "file"), ("q31", "file"))
     assert FieldMap.from_pairs(pairs).sources["file"] == {"q30", "q31"}
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.encoder import Encoder
-from appliance.imaging import PreprocessParams, preprocess_batch
-from appliance.manifest import (
+from appliance.identification.encoder import Encoder
+from appliance.identification.imaging import PreprocessParams, preprocess_batch
+from appliance.identification.manifest import (
     ModelIntegrityError,
     ModelManifest,
     ModelNotFoundError,
@@ -228,7 +228,7 @@ def test_openai_weights_offline_fail_fast_and_leave_nothing(tmp_path: Path) -> N
 
 def test_encoder_import_does_not_load_torch() -> None:
     code = (
-        "import sys, appliance.encoder, appliance.manifest\n"
+        "import sys, appliance.identification.encoder, appliance.identification.manifest\n"
         "print(sorted(m for m in ('torch', 'open_clip', 'model') if m in sys.modules))\n"
     )
     result = subprocess.run(

@@ -22,18 +22,20 @@ from typing import Any
 import httpx
 import pytest
 
-from appliance import outbox
 from appliance.components import Components
 from appliance.database import Database
-from appliance.replication import SpacesClient, requeue_dead, sync_status
-from appliance.settings import Settings
+from appliance.settings import Settings, SpacesSettings, SyncSettings
 from appliance.storage import ImageReader, LocalImageStore, StoredObject, sha256_hex
-from appliance.sync_worker import Replicator, SyncPolicy, prune_local
+from appliance.sync import outbox
+from appliance.sync.spaces import SpacesClient, requeue_dead, sync_status
+from appliance.sync.worker import Replicator, backoff, prune_local
 from tests.fixtures.appliance import asgi_client
 from tests.fixtures.s3 import ACCESS_KEY, SECRET_KEY, S3Server, StallingRelay
 
 MiB = 1024 * 1024
-FAST = SyncPolicy(max_attempts=5, lease_seconds=30, backoff_base=0.01, backoff_cap=0.05)
+FAST = SyncSettings(
+    max_attempts=5, lease_seconds=30, backoff_base_seconds=0.01, backoff_cap_seconds=0.05
+)
 
 
 @dataclass
@@ -91,15 +93,17 @@ async def rig(database_url: str, s3_server: S3Server) -> AsyncIterator[Rig]:
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
-        spaces_endpoint=s3_server.endpoint,
-        spaces_region="us-east-1",
-        spaces_bucket=bucket,
-        spaces_access_key=ACCESS_KEY,
-        spaces_secret_key=SECRET_KEY,
+        spaces=SpacesSettings(
+            endpoint=s3_server.endpoint,
+            region="us-east-1",
+            bucket=bucket,
+            access_key=ACCESS_KEY,
+            secret_key=SECRET_KEY,
+        ),
     )
     database = await Database.open(settings)
     store = LocalImageStore(settings.images_dir)
-    yield Rig(settings, database, store, SpacesClient(settings), s3_server.client(), bucket)
+    yield Rig(settings, database, store, SpacesClient(settings.spaces), s3_server.client(), bucket)
     await database.close()
     shutil.rmtree(data_dir, ignore_errors=True)
     s3_server.ensure_running()
@@ -115,9 +119,9 @@ async def eventually(check: Callable[[], Any], seconds: float = 15.0) -> None:
 
 
 def test_backoff_is_full_jitter_under_an_exponential_ceiling_and_a_cap() -> None:
-    policy = SyncPolicy(backoff_base=2.0, backoff_cap=3600.0)
+    policy = SyncSettings(backoff_base_seconds=2.0, backoff_cap_seconds=3600.0)
     for failures, ceiling in ((1, 2.0), (2, 4.0), (5, 32.0), (12, 3600.0), (10_000, 3600.0)):
-        delays = [policy.backoff(failures) for _ in range(2000)]
+        delays = [backoff(policy, failures) for _ in range(2000)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > 0.9 * ceiling and min(delays) < 0.1 * ceiling
 
@@ -142,7 +146,7 @@ async def test_uploads_private_verified_objects_and_presigns(rig: Rig) -> None:
     big_key = next(iter(big))
     assert rig.s3.head_object(Bucket=rig.bucket, Key=big_key)["ETag"].endswith('-2"')
     async with httpx.AsyncClient() as http:
-        anonymous = await http.get(f"{rig.settings.spaces_endpoint}/{rig.bucket}/{big_key}")
+        anonymous = await http.get(f"{rig.settings.spaces.endpoint}/{rig.bucket}/{big_key}")
         assert anonymous.status_code == 403, "nothing is public-read"
         url = await rig.spaces.presign_get(big_key, 60)
         assert ACCESS_KEY in url and SECRET_KEY not in url
@@ -174,7 +178,7 @@ async def test_outage_then_every_object_arrives_exactly_once(rig: Rig, s3_server
     assert ACCESS_KEY not in str(rows) and SECRET_KEY not in str(rows)
 
     # a restarted, long-running worker pauses with backoff and resumes once Spaces is back
-    fresh = rig.worker(backoff_base=0.05, backoff_cap=0.2)
+    fresh = rig.worker(backoff_base_seconds=0.05, backoff_cap_seconds=0.2)
     loop = asyncio.create_task(fresh.run_forever(poll_seconds=0.05))
     await asyncio.sleep(1.5)
     assert await rig.states() == {"pending": 5}
@@ -312,7 +316,7 @@ async def test_prune_keeps_what_spaces_lacks_and_serves_pruned_images_presigned(
 
 
 def _report(pruned: int, freed: int, requeued: int) -> Any:
-    from appliance.sync_worker import PruneReport
+    from appliance.sync.worker import PruneReport
 
     return PruneReport(pruned, freed, requeued)
 
@@ -340,7 +344,7 @@ def _cli_env(rig: Rig, **extra: str) -> dict[str, str]:
         "PATH": os.environ.get("PATH", ""),
         "RAIOX_DATA_DIR": str(s.data_dir),
         "RAIOX_DATABASE_URL": str(s.database_url),
-        "RAIOX_SPACES_ENDPOINT": str(s.spaces_endpoint),
+        "RAIOX_SPACES_ENDPOINT": str(s.spaces.endpoint),
         "RAIOX_SPACES_BUCKET": rig.bucket,
         "RAIOX_SPACES_ACCESS_KEY": ACCESS_KEY,
         "RAIOX_SPACES_SECRET_KEY": SECRET_KEY,
@@ -362,13 +366,11 @@ async def test_reference_served_through_spaces_when_the_local_copy_is_gone(
 ) -> None:
     s3_server.ensure_running()
     bucket = s3_server.new_bucket()
-    settings = demo_components.settings.replace(
-        spaces_endpoint=s3_server.endpoint,
-        spaces_bucket=bucket,
-        spaces_access_key=ACCESS_KEY,
-        spaces_secret_key=SECRET_KEY,
+    spaces = SpacesSettings(
+        endpoint=s3_server.endpoint, bucket=bucket, access_key=ACCESS_KEY, secret_key=SECRET_KEY
     )
-    comps = dataclasses.replace(demo_components, settings=settings, spaces=SpacesClient(settings))
+    settings = dataclasses.replace(demo_components.settings, spaces=spaces)
+    comps = dataclasses.replace(demo_components, settings=settings, spaces=SpacesClient(spaces))
     ref = await comps.database.pool.fetchrow(
         "SELECT id, storage_key FROM reference_images ORDER BY id DESC LIMIT 1"
     )

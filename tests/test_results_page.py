@@ -17,8 +17,8 @@ import pytest
 import uvicorn
 
 from appliance.app import create_app
+from appliance.catalog.demo import DEMO_IMPLANTS
 from appliance.components import Components
-from appliance.demo_catalog import DEMO_IMPLANTS
 from appliance.submissions import Submitter
 from tests.fixtures.uploads_server import UploadsServer
 from tests.test_intake import (

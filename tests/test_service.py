@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_patient_sample, render_reference
 from appliance.components import Components
-from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_patient_sample, render_reference
 
 
 async def counts(comps: Components) -> tuple[int, int, int]:
@@ -160,7 +160,7 @@ async def test_missing_file_and_oversize_body(
     response = await client.post("/upload", data={"nome": "Dr. X"}, files={"other": ("a", b"b")})
     assert response.status_code == 422
     assert response.json()["error"] == "missing_file"
-    limit = demo_components.settings.max_upload_bytes
+    limit = demo_components.settings.limits.max_bytes
     response = await upload(client, b"\x89PNG" + b"\x00" * (limit + 128 * 1024))
     assert response.status_code == 413
     assert response.json()["error"] == "body_too_large"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from appliance.catalog import Catalog
+from appliance.catalog.repository import Catalog
 from appliance.components import Components
-from appliance.identify import Identifier
+from appliance.identification.identify import Identifier
 from appliance.submissions import SubmissionRepository
 
 
@@ -29,7 +29,7 @@ def submissions(state: State) -> SubmissionRepository:
 
 
 def base_url(state: State) -> str:
-    return (components(state).settings.public_base_url or "").rstrip("/")
+    return (components(state).settings.server.public_base_url or "").rstrip("/")
 
 
 DEPENDENCIES = {

@@ -92,8 +92,8 @@ async def _storage(components: Components) -> ComponentOut:
     except OSError:
         return ComponentOut("down", "local image folder is missing")
     replication = "off (no Spaces credentials)"
-    if components.settings.spaces_enabled:
-        from appliance.replication import sync_status  # botocore only when replicating
+    if components.settings.spaces.enabled:
+        from appliance.sync.spaces import sync_status  # botocore only when replicating
 
         try:
             sync = await sync_status(components.database.pool)

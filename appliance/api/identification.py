@@ -13,7 +13,7 @@ from litestar.params import Body
 
 from appliance.api.schemas import IdentificationOut, ModelOut, identification_out
 from appliance.errors import AppError
-from appliance.identify import Identifier
+from appliance.identification.identify import Identifier
 from appliance.submissions import SubmissionRepository, Submitter
 
 

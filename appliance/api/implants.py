@@ -15,7 +15,7 @@ from appliance.api.schemas import (
     implant_out,
     reference_url,
 )
-from appliance.catalog import Catalog
+from appliance.catalog.repository import Catalog
 from appliance.components import Components
 from appliance.errors import AppError
 

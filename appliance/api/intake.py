@@ -26,9 +26,9 @@ from litestar.params import Parameter
 from appliance.api.identification import model_out
 from appliance.api.schemas import IdentificationOut, identification_out
 from appliance.errors import AppError
-from appliance.identify import Identifier
-from appliance.intake import Delivery, ImageSource, Intake, Outcome
-from appliance.jotform import FIELDS, clean_text, read_post
+from appliance.identification.identify import Identifier
+from appliance.intake.deliveries import Delivery, ImageSource, Intake, Outcome
+from appliance.intake.jotform import FIELDS, clean_text, read_post
 from appliance.submissions import Submitter
 
 T = TypeVar("T")
@@ -68,7 +68,7 @@ class WebhookIn(msgspec.Struct, forbid_unknown_fields=False):
 def require_webhook_token(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
-    expected = connection.app.state.components.settings.webhook_token
+    expected = connection.app.state.components.settings.jotform.webhook_token
     if not expected:
         raise WebhooksDisabledError(
             "Webhooks are off on this appliance: set RAIOX_WEBHOOK_TOKEN and add "

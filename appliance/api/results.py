@@ -31,7 +31,7 @@ from appliance.api.images import image_response
 from appliance.api.schemas import identification_out, reference_url
 from appliance.components import Components
 from appliance.errors import AppError
-from appliance.identify import Identifier
+from appliance.identification.identify import Identifier
 from appliance.submissions import Submission, SubmissionNotFoundError, SubmissionRepository
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -135,7 +135,7 @@ class ResultsController(Controller):
                 return _page(404, state="not_received", title="envio não recebido")
             refresh = {"seconds": REFRESH_SECONDS, "url": f"?n={n + 1}"}
             return _page(200, state="waiting", title="aguardando", refresh=refresh)
-        window = timedelta(minutes=components.settings.result_link_minutes)
+        window = timedelta(minutes=components.settings.jotform.result_link_minutes)
         if datetime.now(UTC) - found.created_at > window:
             return _page(410, state="expired", title="link expirado")
         return Redirect(

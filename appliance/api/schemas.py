@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from appliance.catalog import Implant, Match
+from appliance.catalog.repository import Implant, Match
 from appliance.submissions import Submission
 
 

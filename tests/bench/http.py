@@ -46,7 +46,7 @@ def free_port() -> int:
 
 def make_images(count: int, seed: int) -> list[bytes]:
     """Distinct ~1 MP JPEGs: synthetic radiographs with per-image noise, so hashes differ."""
-    from appliance.demo_catalog import DEMO_IMPLANTS, render_patient_sample
+    from appliance.catalog.demo import DEMO_IMPLANTS, render_patient_sample
 
     rng = np.random.default_rng(seed)
     bases = [

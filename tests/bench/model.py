@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # Replace this script's folder on the path: tests/bench/http.py would shadow the stdlib `http`.
 sys.path[0] = str(ROOT)
 
-from appliance.encoder import Encoder
-from appliance.imaging import PreprocessParams, preprocess_batch
-from appliance.manifest import ModelManifest
+from appliance.identification.encoder import Encoder
+from appliance.identification.imaging import PreprocessParams, preprocess_batch
+from appliance.identification.manifest import ModelManifest
 from model.evaluate import parity, synthetic_images
 
 THREADS = 2
@@ -50,8 +50,8 @@ _INT8_CHILD = (
     + """
 import sys
 from pathlib import Path
-from appliance.encoder import Encoder
-from appliance.imaging import preprocess
+from appliance.identification.encoder import Encoder
+from appliance.identification.imaging import preprocess
 from model.evaluate import synthetic_images
 encoder = Encoder.load(Path(sys.argv[1]), intra_op_threads=2)
 image = synthetic_images(1)[0]

@@ -29,12 +29,12 @@ sys.path[0] = str(ROOT)  # tests/bench/http.py would shadow the stdlib `http`
 import boto3
 from moto.server import ThreadedMotoServer
 
-from appliance import outbox
 from appliance.database import Database
-from appliance.replication import SpacesClient
-from appliance.settings import Settings
+from appliance.settings import Settings, SpacesSettings, SyncSettings
 from appliance.storage import LocalImageStore, sha256_hex
-from appliance.sync_worker import Replicator, SyncPolicy
+from appliance.sync import outbox
+from appliance.sync.spaces import SpacesClient
+from appliance.sync.worker import Replicator
 
 
 async def _enqueue(database: Database, store: LocalImageStore, count: int, size: int) -> None:
@@ -48,7 +48,7 @@ async def _enqueue(database: Database, store: LocalImageStore, count: int, size:
 async def _drain(
     database: Database, store: LocalImageStore, spaces: SpacesClient, lanes: int
 ) -> float:
-    worker = Replicator(database.pool, store, spaces, SyncPolicy(concurrency=lanes))
+    worker = Replicator(database.pool, store, spaces, SyncSettings(concurrency=lanes))
     start = time.perf_counter()
     result = await worker.run_once()
     elapsed = time.perf_counter() - start
@@ -60,14 +60,13 @@ async def bench(args: argparse.Namespace, pg_uri: str, endpoint: str, root: Path
     settings = Settings(
         data_dir=root / "data",
         database_url=pg_uri,
-        spaces_endpoint=endpoint,
-        spaces_bucket="raiox-bench",
-        spaces_access_key="bench",
-        spaces_secret_key="bench-secret",
+        spaces=SpacesSettings(
+            endpoint=endpoint, bucket="raiox-bench", access_key="bench", secret_key="bench-secret"
+        ),
     )
     database = await Database.open(settings)
     store = LocalImageStore(settings.images_dir)
-    spaces = SpacesClient(settings)
+    spaces = SpacesClient(settings.spaces)
     out: dict[str, Any] = {"small_kib": args.small_kib, "small_count": args.small}
     try:
         for lanes in (1, 4):

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from appliance.imaging import PreprocessParams
-from appliance.manifest import (
+from appliance.identification.imaging import PreprocessParams
+from appliance.identification.manifest import (
     ModelIntegrityError,
     ModelManifest,
     ModelNotFoundError,

@@ -16,12 +16,12 @@ from typing import Any
 
 import asyncpg
 
-from appliance import outbox
-from appliance.catalog import Catalog, NewImplant
+from appliance.catalog.repository import Catalog, NewImplant
 from appliance.errors import AppError
-from appliance.identify import Embedder
+from appliance.identification.identify import Embedder
 from appliance.progress import Progress
 from appliance.storage import LocalImageStore, reference_key, sha256_hex
+from appliance.sync import outbox
 
 ImageSource = Path | bytes
 
@@ -188,7 +188,7 @@ async def reembed_catalog(
 
 def demo_specs(views_per_implant: int = 3) -> list[ReferenceSpec]:
     """The synthetic demo catalog: rendered implants, labelled synthetic everywhere."""
-    from appliance import demo_catalog
+    from appliance.catalog import demo as demo_catalog
 
     specs = []
     for implant in demo_catalog.DEMO_IMPLANTS:

@@ -19,18 +19,18 @@ from typing import Protocol
 import numpy as np
 
 from appliance import metrics
-from appliance.batching import Prepare
-from appliance.cache import EmbeddingCache
-from appliance.catalog import Catalog, Match
+from appliance.catalog.repository import Catalog, Match
 from appliance.errors import AppError
-from appliance.imaging import (
+from appliance.identification.batching import Prepare
+from appliance.identification.cache import EmbeddingCache
+from appliance.identification.imaging import (
     DecodedImage,
-    ImageLimits,
     decode_and_preprocess,
     decode_image,
     identify_format,
     preprocess,
 )
+from appliance.settings import ImageLimits
 from appliance.storage import LocalImageStore, StoredObject, client_key, sha256_hex, upload_key
 from appliance.submissions import (
     Submission,

@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from appliance import metrics
-from appliance.settings import Settings
+from appliance.settings import CacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +236,11 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def create_cache(settings: Settings) -> EmbeddingCache:
+def create_cache(settings: CacheSettings) -> EmbeddingCache:
     if settings.redis_url:
         return RedisEmbeddingCache(
             settings.redis_url,
-            ttl_seconds=settings.cache_ttl_seconds,
-            timeout_seconds=settings.cache_timeout_seconds,
+            ttl_seconds=settings.ttl_seconds,
+            timeout_seconds=settings.timeout_seconds,
         )
-    return MemoryEmbeddingCache(settings.cache_memory_max_bytes)
+    return MemoryEmbeddingCache(settings.memory_max_bytes)

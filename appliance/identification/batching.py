@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance import metrics
-from appliance.encoder import Encoder
 from appliance.errors import ServiceUnavailableError
-from appliance.imaging import PreprocessParams
+from appliance.identification.encoder import Encoder
+from appliance.identification.imaging import PreprocessParams
+from appliance.settings import EncoderSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +50,16 @@ class BatchingEncoder:
     def __init__(
         self,
         encoder: Encoder,
-        *,
-        max_batch: int = 8,
-        max_wait_ms: float = 2.0,
-        queue_max: int = 64,
-        queue_wait_seconds: float = 10.0,
+        settings: EncoderSettings | None = None,
     ) -> None:
+        settings = settings or EncoderSettings()
         self._encoder = encoder
         self.model_id = encoder.model_id
         self.pretrained = encoder.pretrained
-        self._max_batch = max_batch
-        self._max_wait = max_wait_ms / 1000
-        self._queue_max = queue_max
-        self._queue_wait = queue_wait_seconds
+        self._max_batch = settings.batch_max_size
+        self._max_wait = settings.batch_max_wait_ms / 1000
+        self._queue_max = settings.queue_max
+        self._queue_wait = settings.queue_wait_seconds
         self._queue: asyncio.Queue[_Job] | None = None
         self._admitted = 0  # requests holding a place (see admit)
         self._incoming = 0  # embeddings still being preprocessed

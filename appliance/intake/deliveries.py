@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.downloads import Downloader, DownloadSession
 from appliance.errors import AppError
-from appliance.identify import Identifier, storage_key
-from appliance.jotform import FieldMap, JotformApi, SubmissionNotConfirmedError
+from appliance.identification.identify import Identifier, storage_key
+from appliance.intake.downloads import Downloader, DownloadSession
+from appliance.intake.jotform import FieldMap, JotformApi, SubmissionNotConfirmedError
 from appliance.settings import Settings
 from appliance.storage import sha256_hex
 from appliance.submissions import (
@@ -95,23 +95,20 @@ class Intake:
     def from_settings(
         cls, settings: Settings, identifier: Identifier, submissions: SubmissionRepository
     ) -> Intake:
+        jotform = settings.jotform
         api = None
-        if settings.jotform_verify_submissions and settings.jotform_api_key:
-            api = JotformApi(
-                settings.jotform_api_url,
-                settings.jotform_api_key,
-                settings.download_timeout_seconds,
-            )
+        if jotform.verify_submissions and jotform.api_key:
+            api = JotformApi(jotform.api_url, jotform.api_key, jotform.download_timeout_seconds)
         return cls(
             identifier=identifier,
             submissions=submissions,
             downloader=Downloader.create(
-                settings.jotform_upload_origins,
-                max_bytes=settings.max_upload_bytes,
-                timeout_s=settings.download_timeout_seconds,
-                jotform_api_key=settings.jotform_api_key,
+                jotform.upload_origins,
+                max_bytes=settings.limits.max_bytes,
+                timeout_s=jotform.download_timeout_seconds,
+                jotform_api_key=jotform.api_key,
             ),
-            field_map=FieldMap.from_pairs(settings.jotform_field_map),
+            field_map=FieldMap.from_pairs(jotform.field_map),
             jotform_api=api,
         )
 

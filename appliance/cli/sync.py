@@ -6,33 +6,26 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
+from appliance.cli.common import fail, load_settings
 from appliance.database import Database
 from appliance.logs import configure_logging
 from appliance.progress import Progress
-from appliance.replication import SpacesClient, is_unavailable, requeue_dead, sync_status
-from appliance.settings import Settings, SettingsError
+from appliance.settings import Settings
 from appliance.storage import LocalImageStore
-from appliance.sync_worker import PassResult, Replicator, SyncPolicy, prune_local
+from appliance.sync.spaces import SpacesClient, is_unavailable, requeue_dead, sync_status
+from appliance.sync.worker import PassResult, Replicator, prune_local
 
 sync_app = typer.Typer(help="Replicate local images to Spaces.")
 T = TypeVar("T")
 
 
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
 def _settings(*, spaces: bool) -> Settings:
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        _fail(str(exc))
-    if spaces and not settings.spaces_enabled:
+    settings = load_settings()
+    if spaces and not settings.spaces.enabled:
         typer.secho("Replication is off: set RAIOX_SPACES_* to enable it.", fg="yellow", err=True)
         raise typer.Exit(0)
     return settings
@@ -53,8 +46,8 @@ def _replicator(settings: Settings, database: Database) -> Replicator:
     return Replicator(
         database.pool,
         LocalImageStore(settings.images_dir),
-        SpacesClient(settings),
-        SyncPolicy.from_settings(settings),
+        SpacesClient(settings.spaces),
+        settings.sync,
     )
 
 
@@ -82,7 +75,9 @@ def sync(
         replicator = _replicator(settings, database)
         logging.getLogger(__name__).info("replication worker %s started", replicator.worker_id)
         try:
-            await replicator.run_forever(settings.sync_poll_seconds, settings.local_retention_days)
+            await replicator.run_forever(
+                settings.sync.poll_seconds, settings.sync.local_retention_days
+            )
         except asyncio.CancelledError:  # SIGTERM: leases of unfinished items simply expire
             logging.getLogger(__name__).info("replication worker stopped")
 
@@ -101,7 +96,7 @@ def status() -> None:
     """Backlog, oldest pending item, last error and dead letters."""
     settings = _settings(spaces=False)
     s = _with_database(settings, lambda db: sync_status(db.pool))
-    state = "on" if settings.spaces_enabled else "OFF (no RAIOX_SPACES_* settings)"
+    state = "on" if settings.spaces.enabled else "OFF (no RAIOX_SPACES_* settings)"
     typer.echo(f"replication {state}")
     typer.echo(f"pending {s.pending} (due now {s.due}); replicated {s.done}; pruned {s.pruned}")
     if s.oldest_pending is not None and s.oldest_pending_age_seconds is not None:
@@ -140,10 +135,10 @@ def prune(
     """Delete local copies of patient images replicated and older than N days (each checked
     in Spaces first); they are then served through presigned Spaces links."""
     settings = _settings(spaces=True)
-    days = days or settings.local_retention_days
+    days = days or settings.sync.local_retention_days
     if days is None:
-        _fail("pass --days or set RAIOX_LOCAL_RETENTION_DAYS")
-    retention, spaces = days, SpacesClient(settings)
+        fail("pass --days or set RAIOX_LOCAL_RETENTION_DAYS")
+    retention, spaces = days, SpacesClient(settings.spaces)
     try:
         report = _with_database(
             settings,
@@ -154,7 +149,7 @@ def prune(
     except Exception as exc:
         if not is_unavailable(exc):
             raise
-        _fail(f"Spaces unreachable, nothing pruned: {spaces.redact(str(exc))}")
+        fail(f"Spaces unreachable, nothing pruned: {spaces.redact(str(exc))}")
     typer.echo(f"pruned {report.pruned} local copies ({report.bytes_freed / 2**20:.1f} MiB)")
     if report.requeued:
         typer.secho(

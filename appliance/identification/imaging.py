@@ -18,6 +18,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from appliance.errors import AppError
+from appliance.settings import ImageLimits
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -89,13 +90,6 @@ class PreprocessParams:
             )
         if self.image_size <= 0 or 0.0 in self.std:
             raise ValueError("image_size must be positive and std must not contain 0")
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int = 25 * 1024 * 1024
-    max_pixels: int = 60_000_000
-    max_side: int = 16_384
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from appliance.cli.common import fail, load_settings, run
+
 submissions_app = typer.Typer(no_args_is_help=True, help="Form submissions kept by the appliance.")
 
 
@@ -18,17 +20,16 @@ def retry(
     ] = None,
 ) -> None:
     """Retry failed submissions; exits 1 while any of them still fails."""
-    from appliance.cli import _fail, _run, _settings
     from appliance.components import build_components
-    from appliance.intake import Intake
+    from appliance.intake.deliveries import Intake
 
     try:
         wanted = [uuid.UUID(value) for value in ids or []]
     except ValueError:
-        _fail("submission ids are UUIDs, as printed by the API and this command")
+        fail("submission ids are UUIDs, as printed by the API and this command")
 
     async def job() -> list[str]:
-        comps = await build_components(_settings())
+        comps = await build_components(load_settings())
         try:
             intake = Intake.from_settings(comps.settings, comps.identifier, comps.submissions)
             targets = wanted or await comps.submissions.failed_ids()
@@ -49,5 +50,5 @@ def retry(
         finally:
             await comps.close()
 
-    if _run(job):
+    if run(job):
         raise typer.Exit(1)

@@ -4,7 +4,7 @@ A worker claims one due row at a time with `FOR UPDATE SKIP LOCKED` and, in the 
 leases it (its next attempt moves a lease into the future, `lease_owner` names the worker):
 two workers never take the same row, and a worker killed mid-upload gives its row back when
 the lease runs out. A slow upload keeps its lease alive with a heartbeat. A row is marked done
-only once Spaces is seen to hold exactly its bytes (appliance.replication.matches).
+only once Spaces is seen to hold exactly its bytes (appliance.sync.spaces.matches).
 
 Two kinds of failure are kept apart. A fault of the item (local copy missing or corrupt, the
 object arriving wrong) counts an attempt, backs off exponentially with full jitter and ends as
@@ -32,7 +32,9 @@ import asyncpg
 
 from appliance.database import DB_ERRORS
 from appliance.progress import Progress
-from appliance.replication import (
+from appliance.settings import SyncSettings
+from appliance.storage import LocalImageStore
+from appliance.sync.spaces import (
     LocalCopyError,
     OutboxItem,
     SpacesClient,
@@ -41,8 +43,6 @@ from appliance.replication import (
     local_digest,
     matches,
 )
-from appliance.settings import Settings
-from appliance.storage import LocalImageStore
 
 log = logging.getLogger(__name__)
 
@@ -51,28 +51,10 @@ PRUNABLE_PREFIXES = ("clientes/", "uploads/")
 PRUNE_INTERVAL_SECONDS = 3600.0
 
 
-@dataclass(frozen=True)
-class SyncPolicy:
-    max_attempts: int = 8
-    lease_seconds: float = 300.0
-    backoff_base: float = 2.0
-    backoff_cap: float = 3600.0
-    concurrency: int = 4
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SyncPolicy:
-        return cls(
-            max_attempts=settings.sync_max_attempts,
-            lease_seconds=settings.sync_lease_seconds,
-            backoff_base=settings.sync_backoff_base_seconds,
-            backoff_cap=settings.sync_backoff_cap_seconds,
-            concurrency=settings.sync_concurrency,
-        )
-
-    def backoff(self, failures: int) -> float:
-        """Full jitter: many items (or workers) failing together spread their retries."""
-        ceiling = self.backoff_base * 2.0 ** min(max(failures - 1, 0), 40)
-        return random.uniform(0, min(self.backoff_cap, ceiling))
+def backoff(policy: SyncSettings, failures: int) -> float:
+    """Full jitter: many items (or workers) failing together spread their retries."""
+    ceiling = policy.backoff_base_seconds * 2.0 ** min(max(failures - 1, 0), 40)
+    return random.uniform(0, min(policy.backoff_cap_seconds, ceiling))
 
 
 @dataclass
@@ -97,12 +79,12 @@ class Replicator:
         pool: asyncpg.Pool,
         store: LocalImageStore,
         spaces: SpacesClient,
-        policy: SyncPolicy | None = None,
+        policy: SyncSettings | None = None,
     ) -> None:
         self._pool = pool
         self._store = store
         self._spaces = spaces
-        self.policy = policy or SyncPolicy()
+        self.policy = policy or SyncSettings()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.uploaded: list[str] = []  # keys this worker actually sent (a retry may not send)
 
@@ -146,7 +128,7 @@ class Replicator:
                 result = await self.run_once()
                 if result.unavailable:
                     outages += 1
-                    delay = max(poll_seconds, self.policy.backoff(outages))
+                    delay = max(poll_seconds, backoff(self.policy, outages))
                     log.warning(
                         "Spaces unavailable (%s); next try in %.0fs", result.unavailable, delay
                     )
@@ -247,7 +229,7 @@ class Replicator:
             attempts,
             "dead" if dead else "pending",
             reason,
-            self.policy.backoff(attempts),
+            backoff(self.policy, attempts),
         )
 
     async def _release(self, item: OutboxItem, reason: str) -> None:

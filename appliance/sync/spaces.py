@@ -6,7 +6,7 @@ the ETag S3 computes from the bytes it received (MD5, or MD5 of the part MD5s fo
 upload: the part size is ours, so the ETag is predictable and needs no provider extension).
 Keys are content-addressed, so uploading again rewrites the same bytes under the same key.
 Every object is private; reads of a replica go through short-lived presigned URLs. The worker
-that drains the outbox is appliance.sync_worker.
+that drains the outbox is appliance.sync.worker.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from appliance.settings import Settings
+from appliance.settings import SpacesSettings
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +127,17 @@ class SpacesClient:
     """The few S3 calls replication and serving need. Credentials never reach a log line or
     an error text (`redact`)."""
 
-    def __init__(self, settings: Settings) -> None:
-        if not settings.spaces_enabled:
+    def __init__(self, settings: SpacesSettings) -> None:
+        if not settings.enabled:
             raise ValueError("Spaces replication is not configured (RAIOX_SPACES_*)")
         credentials = {
-            "aws_access_key_id": settings.spaces_access_key,
-            "aws_secret_access_key": settings.spaces_secret_key,
-            "region_name": settings.spaces_region or "us-east-1",
+            "aws_access_key_id": settings.access_key,
+            "aws_secret_access_key": settings.secret_key,
+            "region_name": settings.region or "us-east-1",
         }
-        self.bucket = str(settings.spaces_bucket)
-        self._endpoint = settings.spaces_endpoint
-        self._secrets = [s for s in (settings.spaces_access_key, settings.spaces_secret_key) if s]
+        self.bucket = str(settings.bucket)
+        self._endpoint = settings.endpoint
+        self._secrets = [s for s in (settings.access_key, settings.secret_key) if s]
         self._session = aioboto3.Session(**credentials)
         # Path style works on moto and Spaces alike; checksums only when an operation needs
         # them, since S3-compatible stores reject botocore's default CRC headers.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import AppError
-from appliance.imaging import PreprocessParams
+from appliance.identification.imaging import PreprocessParams
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
