@@ -93,10 +93,8 @@ async def _storage(components: Components) -> ComponentOut:
         return ComponentOut("down", "local image folder is missing")
     replication = "off (no Spaces credentials)"
     if components.settings.spaces.enabled:
-        from appliance.sync.spaces import sync_status  # botocore only when replicating
-
         try:
-            sync = await sync_status(components.database.pool)
+            sync = await components.outbox.status()
         except Exception:  # the database part of health reports why
             return ComponentOut("degraded", "replication status unavailable")
         replication = f"on, {sync.pending} pending, {len(sync.dead)} dead letters"

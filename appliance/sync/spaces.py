@@ -1,12 +1,13 @@
-"""The Spaces side of replication: the S3 client wrapper, what "replicated" means, serving an
-image from the local disk or from Spaces, and the outbox's state for operators.
+"""The Spaces side of replication: the S3 client (it only talks to S3), and what "replicated"
+means.
 
 An object counts as replicated only when a HEAD shows the right size, the sha256 metadata and
 the ETag S3 computes from the bytes it received (MD5, or MD5 of the part MD5s for a multipart
 upload: the part size is ours, so the ETag is predictable and needs no provider extension).
 Keys are content-addressed, so uploading again rewrites the same bytes under the same key.
-Every object is private; reads of a replica go through short-lived presigned URLs. The worker
-that drains the outbox is appliance.sync.worker.
+Every object is private; reads of a replica go through short-lived presigned URLs
+(appliance.storage.ImageReader). The worker that drains the outbox is appliance.sync.worker;
+the outbox itself is appliance.sync.outbox.
 """
 
 from __future__ import annotations
@@ -14,21 +15,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aioboto3
-import asyncpg
 import boto3
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from appliance.settings import SpacesSettings
+from appliance.sync.outbox import OutboxItem
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,6 @@ class VerificationError(Exception):
 
 
 @dataclass(frozen=True)
-class OutboxItem:
-    id: int
-    storage_key: str
-    sha256: str
-    size_bytes: int
-    content_type: str
-    attempts: int
-
-
-@dataclass(frozen=True)
 class FileDigest:
     size: int
     sha256: str
@@ -67,25 +57,6 @@ class RemoteObject:
     size: int
     sha256: str | None
     etag: str
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    storage_key: str
-    attempts: int
-    last_error: str | None
-
-
-@dataclass(frozen=True)
-class SyncStatus:
-    pending: int
-    due: int
-    done: int
-    pruned: int
-    oldest_pending: datetime | None
-    oldest_pending_age_seconds: float | None
-    last_error: str | None  # of the most recently retried pending item: why the backlog grows
-    dead: list[DeadLetter]
 
 
 def digest_file(path: Path) -> FileDigest:
@@ -254,42 +225,3 @@ def local_digest(path: Path, item: OutboxItem) -> FileDigest:
     if digest.sha256 != item.sha256 or digest.size != item.size_bytes:
         raise LocalCopyError(f"local copy of {item.storage_key} no longer matches its sha256")
     return digest
-
-
-async def sync_status(pool: asyncpg.Pool) -> SyncStatus:
-    row = await pool.fetchrow(
-        "SELECT count(*) FILTER (WHERE state = 'pending') AS pending, "
-        "count(*) FILTER (WHERE state = 'pending' AND next_attempt_at <= now()) AS due, "
-        "count(*) FILTER (WHERE state = 'done') AS done, "
-        "count(*) FILTER (WHERE local_pruned_at IS NOT NULL) AS pruned, "
-        "min(created_at) FILTER (WHERE state = 'pending') AS oldest, "
-        "extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending')) AS age "
-        "FROM outbox"
-    )
-    last_error = await pool.fetchval(
-        "SELECT last_error FROM outbox WHERE state = 'pending' AND last_error IS NOT NULL "
-        "ORDER BY next_attempt_at DESC LIMIT 1"
-    )
-    dead = await pool.fetch(
-        "SELECT storage_key, attempts, last_error FROM outbox WHERE state = 'dead' ORDER BY id"
-    )
-    return SyncStatus(
-        pending=row["pending"],
-        due=row["due"],
-        done=row["done"],
-        pruned=row["pruned"],
-        oldest_pending=row["oldest"],
-        oldest_pending_age_seconds=float(row["age"]) if row["age"] is not None else None,
-        last_error=last_error,
-        dead=[DeadLetter(r["storage_key"], r["attempts"], r["last_error"]) for r in dead],
-    )
-
-
-async def requeue_dead(pool: asyncpg.Pool, keys: Sequence[str] | None = None) -> int:
-    """Give dead letters (all, or those of `keys`) a fresh set of attempts."""
-    result: str = await pool.execute(
-        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now() "
-        "WHERE state = 'dead' AND ($1::text[] IS NULL OR storage_key = ANY($1::text[]))",
-        list(keys) if keys is not None else None,
-    )
-    return int(result.split()[-1])

@@ -1,10 +1,10 @@
 """`raiox sync`'s worker: drains the outbox into Spaces, and prunes old local copies.
 
-A worker claims one due row at a time with `FOR UPDATE SKIP LOCKED` and, in the same statement,
-leases it (its next attempt moves a lease into the future, `lease_owner` names the worker):
-two workers never take the same row, and a worker killed mid-upload gives its row back when
-the lease runs out. A slow upload keeps its lease alive with a heartbeat. A row is marked done
-only once Spaces is seen to hold exactly its bytes (appliance.sync.spaces.matches).
+A worker claims one due row at a time and leases it (appliance.sync.outbox, where all of the
+outbox's SQL lives): two workers never take the same row, and a worker killed mid-upload gives
+its row back when the lease runs out. A slow upload keeps its lease alive with a heartbeat. A
+row is marked done only once Spaces is seen to hold exactly its bytes
+(appliance.sync.spaces.matches).
 
 Two kinds of failure are kept apart. A fault of the item (local copy missing or corrupt, the
 object arriving wrong) counts an attempt, backs off exponentially with full jitter and ends as
@@ -34,9 +34,9 @@ from appliance.database import DB_ERRORS
 from appliance.progress import Progress
 from appliance.settings import SyncSettings
 from appliance.storage import LocalImageStore
+from appliance.sync.outbox import Outbox, OutboxItem
 from appliance.sync.spaces import (
     LocalCopyError,
-    OutboxItem,
     SpacesClient,
     VerificationError,
     is_unavailable,
@@ -76,12 +76,12 @@ class Replicator:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        outbox: Outbox,
         store: LocalImageStore,
         spaces: SpacesClient,
         policy: SyncSettings | None = None,
     ) -> None:
-        self._pool = pool
+        self._outbox = outbox
         self._store = store
         self._spaces = spaces
         self.policy = policy or SyncSettings()
@@ -90,24 +90,14 @@ class Replicator:
 
     async def claim(self, due_by: datetime | None = None) -> OutboxItem | None:
         """Lease the next row due by `due_by` (default: now), oldest due first."""
-        row = await self._pool.fetchrow(
-            "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2), "
-            "lease_owner = $1 WHERE id = (SELECT id FROM outbox WHERE state = 'pending' "
-            "AND next_attempt_at <= coalesce($3, now()) ORDER BY next_attempt_at, id LIMIT 1 "
-            "FOR UPDATE SKIP LOCKED) "
-            "RETURNING id, storage_key, sha256, size_bytes, content_type, attempts",
-            self.worker_id,
-            self.policy.lease_seconds,
-            due_by,
-        )
-        return OutboxItem(**dict(row)) if row else None
+        return await self._outbox.claim(self.worker_id, self.policy.lease_seconds, due_by)
 
     async def run_once(self, progress: Callable[[int, str], Progress] | None = None) -> PassResult:
         """Replicate what is due when the pass starts (a failed item waits for a later pass);
         stops early when Spaces is unreachable."""
         result = PassResult()
-        started: datetime = await self._pool.fetchval("SELECT now()")
-        bar = progress(await self._due(started), "sync") if progress else None
+        started = await self._outbox.now()
+        bar = progress(await self._outbox.due(started), "sync") if progress else None
         try:
             async with self._spaces.client() as s3, asyncio.TaskGroup() as lanes:
                 for _ in range(self.policy.concurrency):
@@ -145,7 +135,7 @@ class Replicator:
 
     async def _prune(self, retention_days: int) -> None:
         try:
-            report = await prune_local(self._pool, self._store, self._spaces, retention_days)
+            report = await prune_local(self._outbox, self._store, self._spaces, retention_days)
         except Exception as exc:  # pruning is housekeeping: it never stops replication
             reason = self._spaces.redact(f"{type(exc).__name__}: {exc}")[:300]
             log.warning("pruning failed, local copies kept (%s)", reason)
@@ -173,11 +163,7 @@ class Replicator:
                 result.failed += 1
                 await self._failed(item, reason)
             return
-        await self._pool.execute(
-            "UPDATE outbox SET state = 'done', done_at = now(), last_error = NULL, "
-            "lease_owner = NULL WHERE id = $1",
-            item.id,
-        )
+        await self._outbox.mark_done(item)
         result.replicated += 1
 
     async def _push(self, s3: Any, item: OutboxItem) -> None:
@@ -205,13 +191,7 @@ class Replicator:
         while True:
             await asyncio.sleep(self.policy.lease_seconds / 3)
             try:
-                await self._pool.execute(
-                    "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $3) "
-                    "WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
-                    item.id,
-                    self.worker_id,
-                    self.policy.lease_seconds,
-                )
+                await self._outbox.renew_lease(item, self.worker_id, self.policy.lease_seconds)
             except (*DB_ERRORS, asyncpg.PostgresError) as exc:
                 log.warning("could not extend a lease (%s)", type(exc).__name__)
 
@@ -220,37 +200,16 @@ class Replicator:
         dead = attempts >= self.policy.max_attempts
         if dead:
             log.error("replication of %s gave up after %d attempts", item.storage_key, attempts)
-        await self._pool.execute(
-            "UPDATE outbox SET attempts = $3, state = $4, last_error = $5, lease_owner = NULL, "
-            "next_attempt_at = now() + make_interval(secs => $6) "
-            "WHERE id = $1 AND lease_owner = $2",
-            item.id,
-            self.worker_id,
-            attempts,
-            "dead" if dead else "pending",
-            reason,
-            backoff(self.policy, attempts),
-        )
+        delay = backoff(self.policy, attempts)
+        await self._outbox.mark_failed(item, self.worker_id, attempts, dead, reason, delay)
 
     async def _release(self, item: OutboxItem, reason: str) -> None:
         """Due again at once, behind the older backlog; the worker's pause is the backoff."""
-        await self._pool.execute(
-            "UPDATE outbox SET next_attempt_at = now(), last_error = $3, lease_owner = NULL "
-            "WHERE id = $1 AND lease_owner = $2",
-            item.id,
-            self.worker_id,
-            reason,
-        )
-
-    async def _due(self, by: datetime) -> int:
-        count: int = await self._pool.fetchval(
-            "SELECT count(*) FROM outbox WHERE state = 'pending' AND next_attempt_at <= $1", by
-        )
-        return count
+        await self._outbox.release(item, self.worker_id, reason)
 
 
 async def prune_local(
-    pool: asyncpg.Pool,
+    outbox: Outbox,
     store: LocalImageStore,
     spaces: SpacesClient,
     retention_days: int,
@@ -259,20 +218,12 @@ async def prune_local(
     """Delete local copies of patient images replicated more than `retention_days` ago, each
     only after Spaces is seen to hold exactly its bytes; one found missing is replicated
     again instead. Raises when Spaces is unreachable (nothing is deleted blind)."""
-    rows = await pool.fetch(
-        "SELECT id, storage_key, sha256, size_bytes, content_type, attempts FROM outbox "
-        "WHERE state = 'done' AND local_pruned_at IS NULL "
-        "AND created_at < now() - make_interval(days => $1) "
-        "AND split_part(storage_key, '/', 1) || '/' = ANY($2::text[]) ORDER BY id",
-        retention_days,
-        list(PRUNABLE_PREFIXES),
-    )
+    items = await outbox.prunable(retention_days, PRUNABLE_PREFIXES)
     pruned = freed = requeued = 0
-    bar = progress(len(rows), "prune") if progress else None
+    bar = progress(len(items), "prune") if progress else None
     async with spaces.client() as s3:
-        for row in rows:
-            item = OutboxItem(**dict(row))
-            if await _prune_one(pool, store, spaces, s3, item):
+        for item in items:
+            if await _prune_one(outbox, store, spaces, s3, item):
                 pruned, freed = pruned + 1, freed + item.size_bytes
             else:
                 requeued += 1
@@ -284,7 +235,7 @@ async def prune_local(
 
 
 async def _prune_one(
-    pool: asyncpg.Pool, store: LocalImageStore, spaces: SpacesClient, s3: Any, item: OutboxItem
+    outbox: Outbox, store: LocalImageStore, spaces: SpacesClient, s3: Any, item: OutboxItem
 ) -> bool:
     path = store.path(item.storage_key)
     remote = await spaces.head(s3, item.storage_key)
@@ -293,13 +244,8 @@ async def _prune_one(
     except LocalCopyError:  # gone or corrupt locally: only the replica's own word is left
         held = remote is not None and (remote.size, remote.sha256) == (item.size_bytes, item.sha256)
     if not held:
-        await pool.execute(
-            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now(), "
-            "done_at = NULL, last_error = 'not found intact in Spaces when pruning' "
-            "WHERE id = $1 AND state = 'done'",
-            item.id,
-        )
+        await outbox.replicate_again(item, "not found intact in Spaces when pruning")
         return False
     await asyncio.to_thread(path.unlink, missing_ok=True)
-    await pool.execute("UPDATE outbox SET local_pruned_at = now() WHERE id = $1", item.id)
+    await outbox.mark_pruned(item)
     return True

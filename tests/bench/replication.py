@@ -33,6 +33,7 @@ from appliance.database import Database
 from appliance.settings import Settings, SpacesSettings, SyncSettings
 from appliance.storage import LocalImageStore, sha256_hex
 from appliance.sync import outbox
+from appliance.sync.outbox import Outbox
 from appliance.sync.spaces import SpacesClient
 from appliance.sync.worker import Replicator
 
@@ -48,7 +49,7 @@ async def _enqueue(database: Database, store: LocalImageStore, count: int, size:
 async def _drain(
     database: Database, store: LocalImageStore, spaces: SpacesClient, lanes: int
 ) -> float:
-    worker = Replicator(database.pool, store, spaces, SyncSettings(concurrency=lanes))
+    worker = Replicator(Outbox(database.pool), store, spaces, SyncSettings(concurrency=lanes))
     start = time.perf_counter()
     result = await worker.run_once()
     elapsed = time.perf_counter() - start
