@@ -3,8 +3,8 @@
 On two cores one ORT call on a batch of 8 costs much less than 8 calls of 1, so concurrent
 requests are gathered and encoded together by a worker thread. Nothing waits for a batch that
 is not coming: a batch is whatever is queued when the worker is free (up to the batch size),
-plus at most `max_wait_ms` for requests already being preprocessed. When the queue is full the
-request is refused at once (503 + Retry-After) instead of queueing without bound.
+plus at most RAIOX_BATCH_MAX_WAIT_MS for requests already being preprocessed. When the queue
+is full the request is refused at once (503 + Retry-After) instead of queueing without bound.
 
 Each request's image is decoded and preprocessed in a pool of two threads (the cores), so
 however many requests wait, at most two images are decoded in memory at once: the rest wait

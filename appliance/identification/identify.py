@@ -1,8 +1,11 @@
-"""The identification use case: image bytes -> hash -> cache/encode -> search -> record -> result.
+"""The one owner of "identify this image": admission, decode, hash once, keep on disk, record,
+embed (cache or model), search, and record the result or the failure once.
 
-The order is chosen so that nothing is lost and nothing half-written stays behind: a bad image
-is refused before anything is stored; a good one is on disk before the database is touched;
-the submission row exists before the slow work, and its result is written in one transaction.
+Two entry points share that path. A direct upload (`identify_upload`, HTTP or CLI) is checked
+before anything is kept, and recorded whole in one statement once it is identified. An image of
+a stored submission (`identify_stored`, webhook deliveries and their retries) is kept on disk
+and recorded as soon as it decodes, so a later failure is retried from disk, not from the
+sender; its result, or its failure, is then written once, in one transaction.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from appliance.identification.imaging import (
 from appliance.settings import ImageLimits
 from appliance.storage import LocalImageStore, StoredObject, client_key, sha256_hex, upload_key
 from appliance.submissions import (
+    Source,
     Submission,
     SubmissionImage,
     SubmissionRepository,
@@ -41,9 +45,6 @@ from appliance.submissions import (
 )
 
 log = logging.getLogger(__name__)
-
-# Form deliveries are kept per dentist (the seed's clientes/{id}/); direct uploads in uploads/.
-FORM_SOURCES = frozenset({"jotform", "webhook"})
 
 
 class ImageEncoder(Protocol):
@@ -70,8 +71,9 @@ class Embedding:
     vector: np.ndarray
 
 
-def storage_key(source: str, client_id: str | None, sha256: str, extension: str) -> str:
-    if client_id and source in FORM_SOURCES:
+def storage_key(source: Source, client_id: str | None, sha256: str, extension: str) -> str:
+    """Form deliveries are kept per dentist (clientes/{id}/), direct uploads in uploads/."""
+    if client_id and source.is_form:
         return client_key(client_id, sha256, extension)
     return upload_key(sha256, extension)
 
@@ -97,22 +99,27 @@ class Embedder:
         with timed("decode"):
             return await asyncio.to_thread(decode_image, data, self.limits)
 
-    async def embed(self, data: bytes, decoded: DecodedImage | None = None) -> Embedding:
+    async def embed(self, data: bytes) -> Embedding:
         """A cache hit costs a hash and a header read, in one thread hop: those bytes were
         decoded before. The header check also refuses a non-image before the cache is asked."""
         digest, (content_type, extension) = await asyncio.to_thread(self._fingerprint, data)
+        prepare = partial(decode_and_preprocess, data, self.limits)
+        vector = await self._vector(digest, prepare)  # decoding included, on a miss
+        return Embedding(digest, content_type, extension, vector)
+
+    async def embed_decoded(self, decoded: DecodedImage, digest: str) -> Embedding:
+        """An image already decoded (and hashed) by the caller."""
+        vector = await self._vector(digest, partial(preprocess, decoded.image))
+        return Embedding(digest, decoded.content_type, decoded.extension, vector)
+
+    async def _vector(self, digest: str, prepare: Prepare) -> np.ndarray:
         with timed("cache"):
             vector = await self.cache.get(self.encoder.model_id, digest)
         if vector is None:
-            prepare: Prepare = (
-                partial(decode_and_preprocess, data, self.limits)
-                if decoded is None
-                else partial(preprocess, decoded.image)
-            )
-            with timed("encode"):  # decoding included, for a bytes-only upload
+            with timed("encode"):
                 vector = await self.encoder.embed(prepare)
             await self.cache.put(self.encoder.model_id, digest, vector)
-        return Embedding(digest, content_type, extension, vector)
+        return vector
 
     def _fingerprint(self, data: bytes) -> tuple[str, tuple[str, str]]:
         return sha256_hex(data), identify_format(data, self.limits)
@@ -134,7 +141,7 @@ class Identifier:
         self.submissions = submissions
         self.store = store
         self.top_k = top_k
-        self.client_secret = client_secret
+        self._client_secret = client_secret
 
     @property
     def model_id(self) -> str:
@@ -144,14 +151,18 @@ class Identifier:
     def model_pretrained(self) -> bool:
         return self.embedder.encoder.pretrained
 
+    def client_id(self, email: str | None) -> str | None:
+        """The dentist's folder name (clientes/{id}/): stable, and no way back to the email."""
+        return client_id_for(email, self._client_secret)
+
     async def identify_upload(
-        self, data: bytes, *, source: str, submitter: Submitter
+        self, data: bytes, *, source: Source, submitter: Submitter
     ) -> Submission:
         """One image submitted directly (HTTP upload, CLI): validated before anything is kept."""
         async with self.embedder.encoder.admit():
             await self.catalog.check_model(self.model_id)
             embedding = await self.embedder.embed(data)  # validates: a bad image stores nothing
-            client_id = client_id_for(submitter.dentist_email, self.client_secret)
+            client_id = self.client_id(submitter.dentist_email)
             key = storage_key(source, client_id, embedding.sha256, embedding.extension)
             stored, matches = await self._keep_and_search(key, data, embedding)
             with timed("record"):
@@ -167,31 +178,35 @@ class Identifier:
             metrics.IDENTIFICATIONS.labels(source, "ok").inc()
             return submission
 
-    async def process_image(
-        self,
-        submission: Submission,
-        image: SubmissionImage,
-        data: bytes,
-        decoded: DecodedImage | None = None,
+    async def identify_stored(
+        self, submission: Submission, image: SubmissionImage, data: bytes
     ) -> None:
-        """Store, embed, search and record one image; a failure is recorded on the image and
-        re-raised, with the bytes kept on disk for a retry."""
+        """Identify one image of a stored submission. The bytes are kept on disk and recorded
+        before the slow work; the result, or the failure (then re-raised), is written once."""
         try:
-            embedding = await self.embedder.embed(data, decoded)
-            key = storage_key(
-                submission.source, submission.client_id, embedding.sha256, embedding.extension
-            )
-            stored, matches = await self._keep_and_search(key, data, embedding)
-            with timed("record"):
-                await self.submissions.record_result(
-                    image.id,
-                    stored,
-                    model_id=self.model_id,
-                    model_pretrained=self.model_pretrained,
-                    matches=matches,
+            async with self.embedder.encoder.admit():
+                decoded = await self.embedder.decode(data)
+                digest = await asyncio.to_thread(sha256_hex, data)
+                key = storage_key(
+                    submission.source, submission.client_id, digest, decoded.extension
                 )
+                with timed("store"):
+                    stored = await self.store.put(key, data, decoded.content_type, sha256=digest)
+                if image.storage_key is None:  # a retry never needs the sender again
+                    await self.submissions.record_stored(image.id, stored)
+                embedding = await self.embedder.embed_decoded(decoded, digest)
+                with timed("search"):
+                    matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)
+                with timed("record"):
+                    await self.submissions.record_result(
+                        image.id,
+                        stored,
+                        model_id=self.model_id,
+                        model_pretrained=self.model_pretrained,
+                        matches=matches,
+                    )
         except AppError as exc:
-            await self._fail_image(image, exc.detail)
+            await self.record_failure(image, exc.detail)
             raise
 
     async def _keep_and_search(
@@ -212,7 +227,8 @@ class Identifier:
         metrics.IDENTIFICATIONS.labels(submission.source, outcome).inc()
         return finished
 
-    async def _fail_image(self, image: SubmissionImage, reason: str) -> None:
+    async def record_failure(self, image: SubmissionImage, reason: str) -> None:
+        """Written once per failure; a database that is itself what failed is only logged."""
         try:
             await self.submissions.mark_image_failed(image.id, reason)
         except Exception:  # the database may be what failed; the original error matters more

@@ -13,7 +13,6 @@ submission is claimed atomically before it is retried, by a redelivery or by
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -21,17 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.errors import AppError
-from appliance.identification.identify import Identifier, storage_key
+from appliance.identification.identify import Identifier
 from appliance.intake.downloads import Downloader, DownloadSession
 from appliance.intake.jotform import FieldMap, JotformApi, SubmissionNotConfirmedError
-from appliance.settings import Settings
-from appliance.storage import sha256_hex
+from appliance.storage import LocalImageStore
 from appliance.submissions import (
+    Source,
     Submission,
     SubmissionImage,
     SubmissionRepository,
     Submitter,
-    client_id_for,
 )
 
 log = logging.getLogger(__name__)
@@ -57,7 +55,7 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class Delivery:
-    source: str  # "jotform" | "webhook"
+    source: Source
     external_id: str | None  # Jotform's submissionID or the Idempotency-Key
     submitter: Submitter
     images: Sequence[ImageSource]
@@ -81,36 +79,17 @@ class Intake:
         *,
         identifier: Identifier,
         submissions: SubmissionRepository,
+        store: LocalImageStore,
         downloader: Downloader,
         field_map: FieldMap,
         jotform_api: JotformApi | None = None,
     ) -> None:
         self.identifier = identifier
         self.submissions = submissions
+        self.store = store
         self.downloader = downloader
         self.field_map = field_map
         self.jotform_api = jotform_api
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, identifier: Identifier, submissions: SubmissionRepository
-    ) -> Intake:
-        jotform = settings.jotform
-        api = None
-        if jotform.verify_submissions and jotform.api_key:
-            api = JotformApi(jotform.api_url, jotform.api_key, jotform.download_timeout_seconds)
-        return cls(
-            identifier=identifier,
-            submissions=submissions,
-            downloader=Downloader.create(
-                jotform.upload_origins,
-                max_bytes=settings.limits.max_bytes,
-                timeout_s=jotform.download_timeout_seconds,
-                jotform_api_key=jotform.api_key,
-            ),
-            field_map=FieldMap.from_pairs(jotform.field_map),
-            jotform_api=api,
-        )
 
     async def receive(self, delivery: Delivery) -> Outcome:
         """Process a delivery once; a repeat answers with the stored submission, or retries it
@@ -120,9 +99,7 @@ class Intake:
             source=delivery.source,
             external_id=delivery.external_id,
             submitter=delivery.submitter,
-            client_id=client_id_for(
-                delivery.submitter.dentist_email, self.identifier.client_secret
-            ),
+            client_id=self.identifier.client_id(delivery.submitter.dentist_email),
             image_urls=[image.url for image in delivery.images],
             payload=delivery.payload(),
         )
@@ -150,7 +127,7 @@ class Intake:
         for image in delivery.images:
             if image.url is not None:
                 self.downloader.check(image.url)
-        confirming = self.jotform_api is not None and delivery.source == "jotform"
+        confirming = self.jotform_api is not None and delivery.source is Source.JOTFORM
         if confirming and not (delivery.external_id and delivery.form_id):
             raise SubmissionNotConfirmedError(
                 "Submissions are confirmed with Jotform (RAIOX_JOTFORM_VERIFY_SUBMISSIONS), "
@@ -174,9 +151,8 @@ class Intake:
                     source = sources[image.position] if image.position < len(sources) else None
                     try:
                         await self._identify(submission, image, source, session)
-                    except AppError as exc:
+                    except AppError as exc:  # already recorded on the image
                         first_error = first_error or exc
-                        await self.submissions.mark_image_failed(image.id, exc.detail)
         finished = await self.identifier.finish(submission)
         log.info(
             "submission %s (%s): %s", finished.id, finished.source, finished.status
@@ -184,7 +160,7 @@ class Intake:
         return Outcome(finished, first_error)
 
     async def _confirm(self, submission: Submission, form_id: str | None) -> None:
-        if self.jotform_api is None or submission.source != "jotform":
+        if self.jotform_api is None or submission.source is not Source.JOTFORM:
             return
         if not (submission.external_id and form_id):
             raise SubmissionNotConfirmedError("Cannot confirm a submission without its form id.")
@@ -197,27 +173,18 @@ class Intake:
         source: ImageSource | None,
         session: DownloadSession,
     ) -> None:
-        data = await self._bytes(image, source, session)
-        embedder = self.identifier.embedder
-        async with embedder.encoder.admit():
-            decoded = await embedder.decode(data)
-            if image.storage_key is None:
-                # Kept and recorded before identification, so a retry never needs the sender.
-                digest = await asyncio.to_thread(sha256_hex, data)
-                key = storage_key(
-                    submission.source, submission.client_id, digest, decoded.extension
-                )
-                stored = await self.identifier.store.put(
-                    key, data, decoded.content_type, sha256=digest
-                )
-                await self.submissions.record_stored(image.id, stored)
-            await self.identifier.process_image(submission, image, data, decoded)
+        try:
+            data = await self._bytes(image, source, session)
+        except AppError as exc:
+            await self.identifier.record_failure(image, exc.detail)
+            raise
+        await self.identifier.identify_stored(submission, image, data)
 
     async def _bytes(
         self, image: SubmissionImage, source: ImageSource | None, session: DownloadSession
     ) -> bytes:
         if image.storage_key:
-            kept = await self.identifier.store.read(image.storage_key)
+            kept = await self.store.read(image.storage_key)
             if kept is not None:
                 return kept
         if source is not None and source.data is not None:
