@@ -1,5 +1,6 @@
-"""create_app(settings) -> Litestar. The lifespan builds the components once per process and
-closes them on shutdown (including the embedded Postgres)."""
+"""create_app(settings) -> Litestar. The lifespan opens the components (appliance.components,
+the composition root) once per process and closes them on shutdown (including the embedded
+Postgres)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from appliance.api.identification import IdentificationController
 from appliance.api.implants import ImplantController
 from appliance.api.intake import IntakeController
 from appliance.api.results import ResultsController
-from appliance.components import Components, build_components
+from appliance.components import Components, open_components
+from appliance.logs import keep_secrets_out_of_logs
 from appliance.settings import Settings
 
 # Room for the multipart envelope and the text fields around the largest accepted image.
@@ -26,18 +28,18 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings, components: Components | None = None) -> Litestar:
-    """`components` lets the CLI or a test share already-built components with the app."""
+    """`components`: already opened by the caller (a test), who also closes them."""
+    keep_secrets_out_of_logs()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if components is not None:  # owned by the caller, already in state
             yield
             return
-        app.state.components = await build_components(settings)
-        try:
+        async with open_components(settings) as built:
+            built.load_identification()  # a refused model stops the server here
+            app.state.components = built
             yield
-        finally:
-            await app.state.components.close()
 
     return Litestar(
         route_handlers=[

@@ -1,24 +1,40 @@
-"""Builds and closes the appliance's components from Settings, for the HTTP app and the CLI
-alike, so both run exactly the same code against the same adapters."""
+"""THE composition root: every part of the appliance is built here from Settings, for the HTTP
+app, every CLI command and the tests alike, so all of them run the same code against the same
+adapters. Optional parts are wired from settings or explicitly absent: Spaces (`spaces` is None
+without RAIOX_SPACES_*), Redis (the in-process cache without RAIOX_REDIS_URL), the Jotform API
+(`intake.jotform_api` is None unless submissions are verified).
+
+The parts that need the model (encoder, batching, cache, embedder, identifier, intake) are
+built on first use: `raiox sync status` never loads ONNX Runtime, and an untrained model stops
+only what would identify with it. The app builds them at start (`load_identification`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.catalog.repository import Catalog
 from appliance.database import Database
 from appliance.errors import AppError
-from appliance.identification.batching import BatchingEncoder
-from appliance.identification.cache import EmbeddingCache, create_cache
-from appliance.identification.encoder import Encoder
-from appliance.identification.identify import Embedder, Identifier
 from appliance.settings import Settings
-from appliance.storage import ImageReader, LocalImageStore, PresignedUrls
+from appliance.storage import ImageReader, LocalImageStore
 from appliance.submissions import SubmissionRepository
+from appliance.sync.outbox import Outbox
+
+if TYPE_CHECKING:  # the model's stack and boto3 load only when built
+    from appliance.identification.batching import BatchingEncoder
+    from appliance.identification.cache import EmbeddingCache
+    from appliance.identification.encoder import Encoder
+    from appliance.identification.identify import Embedder, Identifier
+    from appliance.intake.deliveries import Intake
+    from appliance.sync.spaces import SpacesClient
 
 log = logging.getLogger(__name__)
 
@@ -28,32 +44,137 @@ class UntrainedModelError(AppError):
     code = "untrained_model"
 
 
-@dataclass
 class Components:
-    settings: Settings
-    database: Database
-    encoder: Encoder
-    batching: BatchingEncoder
-    cache: EmbeddingCache
-    catalog: Catalog
-    submissions: SubmissionRepository
-    store: LocalImageStore
-    embedder: Embedder
-    identifier: Identifier
-    spaces: PresignedUrls | None = None
+    """Every part of one appliance process. Build with `open_components` (or
+    `build_components` + `close`)."""
 
-    @property
-    def images(self) -> ImageReader:
-        return ImageReader(self.store, self.spaces, self.settings.spaces.presign_seconds)
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        *,
+        encoder: Encoder | None = None,
+    ) -> None:
+        """`encoder`: an already loaded model to share (tests build variants around one)."""
+        self.settings = settings
+        self.database = database
+        self.store = LocalImageStore(settings.images_dir)
+        self.catalog = Catalog(database.pool, hnsw_threshold=settings.catalog.hnsw_threshold)
+        self.submissions = SubmissionRepository(database.pool)
+        self.outbox = Outbox(database.pool)
+        self.spaces = _spaces_client(settings)
+        self.images = ImageReader(self.store, self.spaces, settings.spaces.presign_seconds)
+        if encoder is not None:
+            self.__dict__["encoder"] = encoder  # what cached_property would have stored
+
+    @cached_property
+    def encoder(self) -> Encoder:
+        return load_encoder(self.settings)
+
+    @cached_property
+    def batching(self) -> BatchingEncoder:
+        from appliance.identification.batching import BatchingEncoder
+
+        return BatchingEncoder(self.encoder, self.settings.encoder)
+
+    @cached_property
+    def cache(self) -> EmbeddingCache:
+        from appliance.identification.cache import create_cache
+
+        return create_cache(self.settings.cache)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        from appliance.identification.identify import Embedder
+
+        return Embedder(self.batching, self.cache, self.settings.limits)
+
+    @cached_property
+    def identifier(self) -> Identifier:
+        from appliance.identification.identify import Identifier
+
+        return Identifier(
+            embedder=self.embedder,
+            catalog=self.catalog,
+            submissions=self.submissions,
+            store=self.store,
+            top_k=self.settings.catalog.top_k,
+            client_secret=load_or_create_secret(self.settings.data_dir / "client-id.key"),
+        )
+
+    @cached_property
+    def intake(self) -> Intake:
+        from appliance.intake.deliveries import Intake
+        from appliance.intake.downloads import Downloader
+        from appliance.intake.jotform import FieldMap, JotformApi
+
+        jotform = self.settings.jotform
+        api = None
+        if jotform.verify_submissions and jotform.api_key:
+            api = JotformApi(jotform.api_url, jotform.api_key, jotform.download_timeout_seconds)
+        return Intake(
+            identifier=self.identifier,
+            submissions=self.submissions,
+            store=self.store,
+            downloader=Downloader.create(
+                jotform.upload_origins,
+                max_bytes=self.settings.limits.max_bytes,
+                timeout_s=jotform.download_timeout_seconds,
+                jotform_api_key=jotform.api_key,
+            ),
+            field_map=FieldMap.from_pairs(jotform.field_map),
+            jotform_api=api,
+        )
+
+    def load_identification(self) -> None:
+        """Build the model's side now (the server does at start: a refused model stops it
+        there, not at its first request)."""
+        _ = self.intake
 
     async def close(self) -> None:
-        await self.batching.close()
-        await self.cache.close()
+        built = self.__dict__
+        if "batching" in built:
+            await self.batching.close()
+        if "cache" in built:
+            await self.cache.close()
         await self.database.close()
+
+
+async def build_components(settings: Settings, *, encoder: Encoder | None = None) -> Components:
+    settings.images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    database = await Database.open(settings)
+    try:
+        return Components(settings, database, encoder=encoder)
+    except BaseException:
+        await database.close()
+        raise
+
+
+@asynccontextmanager
+async def open_components(
+    settings: Settings, *, encoder: Encoder | None = None
+) -> AsyncIterator[Components]:
+    """The components for one `async with`: closed (pool, batching, embedded Postgres) on the
+    way out, whatever happens inside."""
+    components = await build_components(settings, encoder=encoder)
+    try:
+        yield components
+    finally:
+        await components.close()
+
+
+def _spaces_client(settings: Settings) -> SpacesClient | None:
+    if not settings.spaces.enabled:
+        return None
+    from appliance.sync.spaces import SpacesClient
+
+    return SpacesClient(settings.spaces)
 
 
 def load_encoder(settings: Settings) -> Encoder:
     """Load the model and refuse a random-weight one unless explicitly allowed."""
+    from appliance.identification.encoder import Encoder
+
     encoder = Encoder.load(
         settings.model_dir,
         intra_op_threads=settings.encoder.intra_op_threads,
@@ -80,39 +201,3 @@ def load_or_create_secret(path: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(value)
     return value
-
-
-async def build_components(settings: Settings) -> Components:
-    encoder = load_encoder(settings)
-    settings.images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    database = await Database.open(settings)
-    try:
-        batching = BatchingEncoder(encoder, settings.encoder)
-        cache = create_cache(settings.cache)
-        catalog = Catalog(database.pool, hnsw_threshold=settings.catalog.hnsw_threshold)
-        submissions = SubmissionRepository(database.pool)
-        store = LocalImageStore(settings.images_dir)
-        embedder = Embedder(batching, cache, settings.limits)
-        identifier = Identifier(
-            embedder=embedder,
-            catalog=catalog,
-            submissions=submissions,
-            store=store,
-            top_k=settings.catalog.top_k,
-            client_secret=load_or_create_secret(settings.data_dir / "client-id.key"),
-        )
-    except BaseException:
-        await database.close()
-        raise
-    return Components(
-        settings,
-        database,
-        encoder,
-        batching,
-        cache,
-        catalog,
-        submissions,
-        store,
-        embedder,
-        identifier,
-    )

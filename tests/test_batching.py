@@ -16,7 +16,7 @@ from appliance.identification.batching import BatchingEncoder
 from appliance.identification.encoder import Encoder
 from appliance.identification.imaging import decode_and_preprocess, decode_image, preprocess
 from appliance.settings import EncoderSettings, ImageLimits
-from tests.fixtures.appliance import asgi_client, rewired
+from tests.fixtures.appliance import asgi_client, variant
 
 
 def distinct_images(count: int, seed: int) -> list[bytes]:
@@ -59,22 +59,12 @@ async def test_a_lone_request_does_not_wait_for_a_batch(encoder: Encoder) -> Non
     assert elapsed < 1.0, "the 2 s batch window only applies while others are arriving"
 
 
-def tight_components(comps: Components, queue_max: int) -> Components:
-    """The shared components with an encoder whose queue holds only `queue_max` requests."""
-    return rewired(
-        comps,
-        batching=BatchingEncoder(
-            comps.encoder, EncoderSettings(batch_max_size=2, queue_max=queue_max)
-        ),
-    )
-
-
 async def test_full_queue_answers_503_with_retry_after_and_recovers(
     demo_components: Components,
 ) -> None:
-    comps = tight_components(demo_components, queue_max=2)
+    tight = EncoderSettings(batch_max_size=2, queue_max=2)  # holds only 2 requests
     uploads = distinct_images(16, 300)
-    async with asgi_client(comps) as client:
+    async with variant(demo_components, encoder=tight) as comps, asgi_client(comps) as client:
 
         async def send(data: bytes) -> Any:
             return await client.post("/upload", files={"file": ("x.png", data, "image/png")})

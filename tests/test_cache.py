@@ -24,7 +24,7 @@ from appliance.identification.cache import (
     create_cache,
 )
 from appliance.settings import CacheSettings
-from tests.fixtures.appliance import asgi_client, rewired
+from tests.fixtures.appliance import asgi_client, variant
 from tests.fixtures.redis import RedisServer, free_port
 
 TIMEOUT = 0.05
@@ -270,8 +270,7 @@ async def test_create_cache_follows_settings(redis_server: RedisServer) -> None:
 async def test_cached_image_skips_the_model_and_survives_redis_outage(
     demo_components: Components, redis_server: RedisServer
 ) -> None:
-    cache = RedisEmbeddingCache(redis_server.url, ttl_seconds=600, timeout_seconds=TIMEOUT)
-    comps = rewired(demo_components, cache=cache)
+    cache = CacheSettings(redis_url=redis_server.url, ttl_seconds=600, timeout_seconds=TIMEOUT)
     data = png_bytes(render_patient_sample(DEMO_IMPLANTS[12], seed=99))
     other = png_bytes(render_patient_sample(DEMO_IMPLANTS[13], seed=98))
 
@@ -282,7 +281,8 @@ async def test_cached_image_skips_the_model_and_survives_redis_outage(
         return body
 
     try:
-        async with asgi_client(comps) as client:
+        async with variant(demo_components, cache=cache) as comps, asgi_client(comps) as client:
+            assert isinstance(comps.cache, RedisEmbeddingCache), "wired from settings"
             first = await post(client, data)
             calls = comps.batching.calls
             second = await post(client, data)
@@ -307,4 +307,3 @@ async def test_cached_image_skips_the_model_and_survives_redis_outage(
                 await asyncio.sleep(0.5)
     finally:
         redis_server.ensure_running()
-        await cache.close()

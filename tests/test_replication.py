@@ -22,12 +22,14 @@ from typing import Any
 import httpx
 import pytest
 
-from appliance.components import Components
+from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_patient_sample
+from appliance.components import Components, open_components
 from appliance.database import Database
 from appliance.settings import Settings, SpacesSettings, SyncSettings
 from appliance.storage import ImageReader, LocalImageStore, StoredObject, sha256_hex
 from appliance.sync import outbox
-from appliance.sync.spaces import SpacesClient, requeue_dead, sync_status
+from appliance.sync.outbox import Outbox
+from appliance.sync.spaces import SpacesClient
 from appliance.sync.worker import Replicator, backoff, prune_local
 from tests.fixtures.appliance import asgi_client
 from tests.fixtures.s3 import ACCESS_KEY, SECRET_KEY, S3Server, StallingRelay
@@ -47,10 +49,12 @@ class Rig:
     s3: Any  # a plain boto3 client, to look at what arrived
     bucket: str
 
+    @property
+    def outbox(self) -> Outbox:
+        return Outbox(self.database.pool)
+
     def worker(self, **policy: Any) -> Replicator:
-        return Replicator(
-            self.database.pool, self.store, self.spaces, dataclasses.replace(FAST, **policy)
-        )
+        return Replicator(self.outbox, self.store, self.spaces, dataclasses.replace(FAST, **policy))
 
     async def add(self, count: int, size: int = 2048, prefix: str = "uploads") -> dict[str, bytes]:
         """Images as the appliance receives them: on disk first, then an outbox row."""
@@ -101,10 +105,9 @@ async def rig(database_url: str, s3_server: S3Server) -> AsyncIterator[Rig]:
             secret_key=SECRET_KEY,
         ),
     )
-    database = await Database.open(settings)
-    store = LocalImageStore(settings.images_dir)
-    yield Rig(settings, database, store, SpacesClient(settings.spaces), s3_server.client(), bucket)
-    await database.close()
+    async with open_components(settings) as comps:  # the root: no model is loaded
+        assert comps.spaces is not None, "wired from settings"
+        yield Rig(settings, comps.database, comps.store, comps.spaces, s3_server.client(), bucket)
     shutil.rmtree(data_dir, ignore_errors=True)
     s3_server.ensure_running()
 
@@ -172,7 +175,7 @@ async def test_outage_then_every_object_arrives_exactly_once(rig: Rig, s3_server
     rows = await rig.database.pool.fetch("SELECT state, attempts, last_error FROM outbox")
     assert {r["state"] for r in rows} == {"pending"} and {r["attempts"] for r in rows} == {0}
     assert any(r["last_error"] for r in rows)
-    status = await sync_status(rig.database.pool)
+    status = await rig.outbox.status()
     assert (status.pending, status.dead) == (5, [])
     assert status.oldest_pending is not None and "EndpointConnectionError" in str(status.last_error)
     assert ACCESS_KEY not in str(rows) and SECRET_KEY not in str(rows)
@@ -275,7 +278,7 @@ async def test_item_faults_become_dead_letters_and_requeue(rig: Rig) -> None:
     for _ in range(2):
         await worker.run_once()
         await asyncio.sleep(0.06)  # past the backoff cap
-    status = await sync_status(rig.database.pool)
+    status = await rig.outbox.status()
     errors = {d.storage_key: (d.attempts, d.last_error) for d in status.dead}
     assert errors.keys() == {corrupt, missing}
     assert errors[corrupt][0] == 2 and "no longer matches" in str(errors[corrupt][1])
@@ -283,7 +286,7 @@ async def test_item_faults_become_dead_letters_and_requeue(rig: Rig) -> None:
     assert rig.versions() == Counter({healthy: 1}), "a corrupt copy is never uploaded"
     rig.store.path(corrupt).unlink()
     await rig.store.put(corrupt, images[corrupt], "image/png")
-    assert await requeue_dead(rig.database.pool, [corrupt]) == 1
+    assert await rig.outbox.requeue_dead([corrupt]) == 1
     assert (await worker.run_once()).replicated == 1
     assert await rig.states() == {"done": 2, "dead": 1}
     rig.assert_exactly_once({k: images[k] for k in (corrupt, healthy)})
@@ -297,10 +300,10 @@ async def test_prune_keeps_what_spaces_lacks_and_serves_pruned_images_presigned(
     assert (await rig.worker().run_once()).replicated == 3
     kept, lost = patients
     reader = ImageReader(rig.store, rig.spaces, presign_seconds=60)
-    assert await prune_local(rig.database.pool, rig.store, rig.spaces, 7) == _report(0, 0, 0)
+    assert await prune_local(rig.outbox, rig.store, rig.spaces, 7) == _report(0, 0, 0)
     await rig.database.pool.execute("UPDATE outbox SET created_at = now() - interval '10 days'")
     rig.s3.delete_object(Bucket=rig.bucket, Key=lost)  # the replica of one went missing
-    report = await prune_local(rig.database.pool, rig.store, rig.spaces, 7)
+    report = await prune_local(rig.outbox, rig.store, rig.spaces, 7)
     assert report == _report(1, len(patients[kept]), 1)
     assert not rig.store.exists(kept) and rig.store.exists(lost)
     assert all(rig.store.exists(k) for k in references), "references stay local"
@@ -311,7 +314,7 @@ async def test_prune_keeps_what_spaces_lacks_and_serves_pruned_images_presigned(
     assert await reader.url_or_bytes(lost) == patients[lost]
     assert (await rig.worker().run_once()).replicated == 1, "the lost replica is sent again"
     assert rig.remote(lost) == patients[lost]
-    status = await sync_status(rig.database.pool)
+    status = await rig.outbox.status()
     assert (status.done, status.pruned, status.pending) == (3, 1, 0)
 
 
@@ -361,31 +364,49 @@ async def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
     return int(proc.returncode or 0), out.decode()
 
 
-async def test_reference_served_through_spaces_when_the_local_copy_is_gone(
+async def test_images_whose_local_copy_is_gone_are_served_from_spaces(
     demo_components: Components, s3_server: S3Server
 ) -> None:
+    """The root wires the presigner from settings alone: a patient radiograph and a reference
+    image whose local copies were pruned or lost answer 307 to a presigned Spaces URL."""
     s3_server.ensure_running()
     bucket = s3_server.new_bucket()
     spaces = SpacesSettings(
         endpoint=s3_server.endpoint, bucket=bucket, access_key=ACCESS_KEY, secret_key=SECRET_KEY
     )
     settings = dataclasses.replace(demo_components.settings, spaces=spaces)
-    comps = dataclasses.replace(demo_components, settings=settings, spaces=SpacesClient(spaces))
-    ref = await comps.database.pool.fetchrow(
-        "SELECT id, storage_key FROM reference_images ORDER BY id DESC LIMIT 1"
-    )
-    path = comps.store.path(ref["storage_key"])
-    data = path.read_bytes()
-    s3_server.client().put_object(Bucket=bucket, Key=ref["storage_key"], Body=data)
-    moved = path.with_suffix(".away")
-    path.rename(moved)
-    try:
-        async with asgi_client(comps) as api:
-            response = await api.get(f"/references/{ref['id']}/image")
-            assert response.status_code == 307, response.text
-            location = response.headers["location"]
-            assert location.startswith(s3_server.endpoint) and "Signature" in location
-        async with httpx.AsyncClient() as plain:
-            assert (await plain.get(location)).content == data
-    finally:
-        moved.rename(path)
+    radiograph = png_bytes(render_patient_sample(DEMO_IMPLANTS[21], seed=2121))
+    moved: list[Path] = []
+    async with open_components(settings) as comps, asgi_client(comps) as api:
+        uploaded = await api.post("/upload", files={"file": ("rx.png", radiograph, "image/png")})
+        assert uploaded.status_code == 200, uploaded.text
+        token = uploaded.json()["result_url"].rsplit("/", 1)[-1]
+        patient_key = await comps.database.pool.fetchval(
+            "SELECT si.storage_key FROM submission_images si JOIN submissions s "
+            "ON s.id = si.submission_id WHERE s.result_token = $1",
+            token,
+        )
+        ref = await comps.database.pool.fetchrow(
+            "SELECT id, storage_key FROM reference_images ORDER BY id DESC LIMIT 1"
+        )
+        served = {
+            f"/results/{token}/images/0": patient_key,
+            f"/references/{ref['id']}/image": ref["storage_key"],
+        }
+        held = {key: comps.store.path(key).read_bytes() for key in served.values()}
+        try:
+            for key, data in held.items():  # replicated, then the local copy is gone
+                s3_server.client().put_object(Bucket=bucket, Key=key, Body=data)
+                path = comps.store.path(key)
+                path.rename(path.with_suffix(".away"))
+                moved.append(path)
+            for url, key in served.items():
+                response = await api.get(url)
+                assert response.status_code == 307, (url, response.text)
+                location = response.headers["location"]
+                assert location.startswith(s3_server.endpoint) and "Signature" in location
+                async with httpx.AsyncClient() as plain:
+                    assert (await plain.get(location)).content == held[key]
+        finally:
+            for path in moved:
+                path.with_suffix(".away").rename(path)

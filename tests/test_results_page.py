@@ -4,7 +4,6 @@ database pool lives) and rendered by a real headless Chromium (Debian's chromium
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import socket
@@ -20,11 +19,12 @@ from appliance.app import create_app
 from appliance.catalog.demo import DEMO_IMPLANTS
 from appliance.components import Components
 from appliance.submissions import Submitter
+from tests.fixtures.appliance import variant
 from tests.fixtures.uploads_server import UploadsServer
 from tests.test_intake import (
     SEED_ANSWERS,
     TOKEN,
-    intake_settings,
+    intake_changes,
     jotform_parts,
     new_submission_id,
     reference_png,
@@ -64,11 +64,15 @@ def free_port() -> int:
 async def served(
     demo_components: Components, uploads_server: UploadsServer
 ) -> AsyncIterator[Served]:
-    settings = intake_settings(demo_components, uploads_server)
-    comps = dataclasses.replace(demo_components, settings=settings)
+    async with variant(demo_components, **intake_changes(uploads_server)) as comps:
+        async for served in _serve(comps):
+            yield served
+
+
+async def _serve(comps: Components) -> AsyncIterator[Served]:
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, comps), host="127.0.0.1", port=port, log_level="info"
+        create_app(comps.settings, comps), host="127.0.0.1", port=port, log_level="info"
     )
     server = uvicorn.Server(config)
     lines: list[str] = []

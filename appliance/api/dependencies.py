@@ -8,6 +8,7 @@ from litestar.di import Provide
 from appliance.catalog.repository import Catalog
 from appliance.components import Components
 from appliance.identification.identify import Identifier
+from appliance.intake.deliveries import Intake
 from appliance.submissions import SubmissionRepository
 
 
@@ -18,6 +19,10 @@ def components(state: State) -> Components:
 
 def identifier(state: State) -> Identifier:
     return components(state).identifier
+
+
+def intake(state: State) -> Intake:
+    return components(state).intake
 
 
 def catalog(state: State) -> Catalog:
@@ -35,6 +40,7 @@ def base_url(state: State) -> str:
 DEPENDENCIES = {
     "components": Provide(components, sync_to_thread=False),
     "identifier": Provide(identifier, sync_to_thread=False),
+    "intake": Provide(intake, sync_to_thread=False),
     "catalog": Provide(catalog, sync_to_thread=False),
     "submissions": Provide(submissions, sync_to_thread=False),
     "base_url": Provide(base_url, sync_to_thread=False),

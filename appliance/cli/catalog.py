@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from appliance.cli.common import fail, load_settings, run
+from appliance.cli.common import fail, with_components
 from appliance.errors import AppError
+
+if TYPE_CHECKING:
+    from appliance.components import Components
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Load the reference implant catalog.")
 
@@ -40,39 +43,29 @@ def catalog_demo(
 def catalog_reembed() -> None:
     """Re-embed every reference made by another model with the current one."""
     from appliance.catalog.importer import reembed_catalog
-    from appliance.components import build_components
 
-    async def job() -> int:
-        comps = await build_components(load_settings())
-        try:
-            return await reembed_catalog(
-                catalog=comps.catalog, embedder=comps.embedder, store=comps.store
-            )
-        finally:
-            await comps.close()
+    async def job(comps: Components) -> int:
+        return await reembed_catalog(
+            catalog=comps.catalog, embedder=comps.embedder, store=comps.store
+        )
 
-    count = run(job)
+    count = with_components(job)
     typer.echo(f"re-embedded {count} reference images")
 
 
 def _import(specs: Any) -> None:
     from appliance.catalog.importer import import_catalog
-    from appliance.components import build_components
 
-    async def job() -> Any:
-        comps = await build_components(load_settings())
-        try:
-            return await import_catalog(
-                specs,
-                pool=comps.database.pool,
-                catalog=comps.catalog,
-                embedder=comps.embedder,
-                store=comps.store,
-            )
-        finally:
-            await comps.close()
+    async def job(comps: Components) -> Any:
+        return await import_catalog(
+            specs,
+            pool=comps.database.pool,
+            catalog=comps.catalog,
+            embedder=comps.embedder,
+            store=comps.store,
+        )
 
-    report = run(job)
+    report = with_components(job)
     typer.echo(
         f"{report.implants} implants; {report.embedded} reference images embedded, "
         f"{report.skipped} already present"

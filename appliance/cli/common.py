@@ -1,16 +1,20 @@
-"""What every `raiox` command shares: reading Settings, failing with one line, running a
-coroutine, printing an identification. The command modules import this one, never each other."""
+"""What every `raiox` command shares: reading Settings, running a job on the components (one
+`async with` opens and closes them), failing with one line, printing an identification. The
+command modules import this one, never each other."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 
 from appliance.errors import AppError
 from appliance.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from appliance.components import Components
 
 T = TypeVar("T")
 
@@ -27,10 +31,21 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def run(job: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; an AppError becomes a one-line message, not a traceback."""
+def with_components(
+    job: Callable[[Components], Awaitable[T]], settings: Settings | None = None
+) -> T:
+    """Run `job` on the appliance's components, built from settings (read from the environment
+    unless given) and closed afterwards; an AppError becomes a one-line message."""
+    from appliance.components import open_components
+
+    settings = settings or load_settings()
+
+    async def run() -> T:
+        async with open_components(settings) as components:
+            return await job(components)
+
     try:
-        return asyncio.run(job())  # type: ignore[arg-type]
+        return asyncio.run(run())
     except AppError as exc:
         fail(exc.detail)
 

@@ -8,17 +8,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from appliance.cli.catalog import catalog_app, catalog_demo
-from appliance.cli.common import fail, load_settings, print_result, run
+from appliance.cli.common import fail, load_settings, print_result, with_components
 from appliance.cli.model import model_app, model_build
 from appliance.cli.submissions import submissions_app
 from appliance.cli.sync import sync_app
 from appliance.logs import configure_logging
 from appliance.settings import Settings
+
+if TYPE_CHECKING:
+    from appliance.components import Components
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(model_app, name="model")
@@ -30,13 +33,11 @@ app.add_typer(sync_app, name="sync")
 @app.command()
 def migrate() -> None:
     """Apply pending database migrations (the server also does it at start)."""
-    from appliance.database import Database
 
-    async def job() -> None:
-        db = await Database.open(load_settings())
-        await db.close()
+    async def job(_: Components) -> None:
+        """Opening the components' database applies the migrations."""
 
-    run(job)
+    with_components(job)
     typer.echo("migrations applied")
 
 
@@ -64,23 +65,18 @@ def identify(
 ) -> None:
     """Identify the implant in one or more radiographs, as /upload would."""
     from appliance.api.schemas import IdentificationOut
-    from appliance.components import build_components
-    from appliance.submissions import Submitter
+    from appliance.submissions import Source, Submitter
 
-    async def job() -> list[IdentificationOut]:
-        comps = await build_components(load_settings())
-        try:
-            results = []
-            for path in images:
-                sub = await comps.identifier.identify_upload(
-                    path.read_bytes(), source="cli", submitter=Submitter()
-                )
-                results.append(_result_out(comps, sub))
-            return results
-        finally:
-            await comps.close()
+    async def job(comps: Components) -> list[IdentificationOut]:
+        results = []
+        for path in images:
+            sub = await comps.identifier.identify_upload(
+                path.read_bytes(), source=Source.CLI, submitter=Submitter()
+            )
+            results.append(_result_out(comps, sub))
+        return results
 
-    results = run(job)
+    results = with_components(job)
     if as_json:
         import msgspec
 

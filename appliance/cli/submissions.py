@@ -4,11 +4,14 @@ image on disk, or its upload URL), the same way a redelivered webhook would."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from appliance.cli.common import fail, load_settings, run
+from appliance.cli.common import fail, with_components
+
+if TYPE_CHECKING:
+    from appliance.components import Components
 
 submissions_app = typer.Typer(no_args_is_help=True, help="Form submissions kept by the appliance.")
 
@@ -20,35 +23,27 @@ def retry(
     ] = None,
 ) -> None:
     """Retry failed submissions; exits 1 while any of them still fails."""
-    from appliance.components import build_components
-    from appliance.intake.deliveries import Intake
-
     try:
         wanted = [uuid.UUID(value) for value in ids or []]
     except ValueError:
         fail("submission ids are UUIDs, as printed by the API and this command")
 
-    async def job() -> list[str]:
-        comps = await build_components(load_settings())
-        try:
-            intake = Intake.from_settings(comps.settings, comps.identifier, comps.submissions)
-            targets = wanted or await comps.submissions.failed_ids()
-            if not targets:
-                typer.echo("no failed submissions")
-            still_failing = []
-            for n, submission_id in enumerate(targets, start=1):
-                outcome = await intake.retry(submission_id)
-                if outcome is None:
-                    line = "skipped (not failed, or being processed)"
-                else:
-                    line = outcome.submission.status
-                    if outcome.submission.status != "done":
-                        line += f": {outcome.submission.error}"
-                        still_failing.append(str(submission_id))
-                typer.echo(f"[{n}/{len(targets)}] {submission_id} {line}")
-            return still_failing
-        finally:
-            await comps.close()
+    async def job(comps: Components) -> list[str]:
+        targets = wanted or await comps.submissions.failed_ids()
+        if not targets:
+            typer.echo("no failed submissions")
+        still_failing = []
+        for n, submission_id in enumerate(targets, start=1):
+            outcome = await comps.intake.retry(submission_id)
+            if outcome is None:
+                line = "skipped (not failed, or being processed)"
+            else:
+                line = outcome.submission.status
+                if outcome.submission.status != "done":
+                    line += f": {outcome.submission.error}"
+                    still_failing.append(str(submission_id))
+            typer.echo(f"[{n}/{len(targets)}] {submission_id} {line}")
+        return still_failing
 
-    if run(job):
+    if with_components(job):
         raise typer.Exit(1)

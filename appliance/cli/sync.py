@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from appliance.cli.common import fail, load_settings
-from appliance.database import Database
+from appliance.cli.common import fail, load_settings, with_components
 from appliance.logs import configure_logging
 from appliance.progress import Progress
 from appliance.settings import Settings
-from appliance.storage import LocalImageStore
-from appliance.sync.spaces import SpacesClient, is_unavailable, requeue_dead, sync_status
-from appliance.sync.worker import PassResult, Replicator, prune_local
+
+if TYPE_CHECKING:  # botocore is heavy: loaded by the commands that talk to Spaces
+    from appliance.components import Components
+    from appliance.sync.spaces import SpacesClient
+    from appliance.sync.worker import PassResult, PruneReport, Replicator
 
 sync_app = typer.Typer(help="Replicate local images to Spaces.")
-T = TypeVar("T")
 
 
 def _settings(*, spaces: bool) -> Settings:
@@ -31,24 +30,15 @@ def _settings(*, spaces: bool) -> Settings:
     return settings
 
 
-def _with_database(settings: Settings, job: Callable[[Database], Awaitable[T]]) -> T:
-    async def run() -> T:
-        database = await Database.open(settings)
-        try:
-            return await job(database)
-        finally:
-            await database.close()
-
-    return asyncio.run(run())
+def _spaces(comps: Components) -> SpacesClient:
+    assert comps.spaces is not None, "checked by _settings(spaces=True)"
+    return comps.spaces
 
 
-def _replicator(settings: Settings, database: Database) -> Replicator:
-    return Replicator(
-        database.pool,
-        LocalImageStore(settings.images_dir),
-        SpacesClient(settings.spaces),
-        settings.sync,
-    )
+def _replicator(comps: Components) -> Replicator:
+    from appliance.sync.worker import Replicator
+
+    return Replicator(comps.outbox, comps.store, _spaces(comps), comps.settings.sync)
 
 
 @sync_app.callback(invoke_without_command=True)
@@ -61,18 +51,16 @@ def sync(
         return
     settings = _settings(spaces=True)
     if once:
-        result = _with_database(
-            settings, lambda db: _replicator(settings, db).run_once(progress=Progress)
-        )
+        result = with_components(lambda c: _replicator(c).run_once(progress=Progress), settings)
         _report_pass(result)
         return
     configure_logging()
 
-    async def worker(database: Database) -> None:
+    async def worker(comps: Components) -> None:
         main = asyncio.current_task()
         assert main is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-        replicator = _replicator(settings, database)
+        replicator = _replicator(comps)
         logging.getLogger(__name__).info("replication worker %s started", replicator.worker_id)
         try:
             await replicator.run_forever(
@@ -81,7 +69,7 @@ def sync(
         except asyncio.CancelledError:  # SIGTERM: leases of unfinished items simply expire
             logging.getLogger(__name__).info("replication worker stopped")
 
-    _with_database(settings, worker)
+    with_components(worker, settings)
 
 
 def _report_pass(result: PassResult) -> None:
@@ -95,7 +83,7 @@ def _report_pass(result: PassResult) -> None:
 def status() -> None:
     """Backlog, oldest pending item, last error and dead letters."""
     settings = _settings(spaces=False)
-    s = _with_database(settings, lambda db: sync_status(db.pool))
+    s = with_components(lambda comps: comps.outbox.status(), settings)
     state = "on" if settings.spaces.enabled else "OFF (no RAIOX_SPACES_* settings)"
     typer.echo(f"replication {state}")
     typer.echo(f"pending {s.pending} (due now {s.due}); replicated {s.done}; pruned {s.pruned}")
@@ -122,7 +110,7 @@ def requeue(
 ) -> None:
     """Give dead letters a fresh set of attempts."""
     settings = _settings(spaces=False)
-    count = _with_database(settings, lambda db: requeue_dead(db.pool, keys or None))
+    count = with_components(lambda comps: comps.outbox.requeue_dead(keys or None), settings)
     typer.echo(f"requeued {count} objects")
 
 
@@ -138,18 +126,21 @@ def prune(
     days = days or settings.sync.local_retention_days
     if days is None:
         fail("pass --days or set RAIOX_LOCAL_RETENTION_DAYS")
-    retention, spaces = days, SpacesClient(settings.spaces)
-    try:
-        report = _with_database(
-            settings,
-            lambda db: prune_local(
-                db.pool, LocalImageStore(settings.images_dir), spaces, retention, Progress
-            ),
-        )
-    except Exception as exc:
-        if not is_unavailable(exc):
-            raise
-        fail(f"Spaces unreachable, nothing pruned: {spaces.redact(str(exc))}")
+    from appliance.sync.spaces import is_unavailable
+    from appliance.sync.worker import prune_local
+
+    retention = days
+
+    async def job(comps: Components) -> PruneReport:
+        spaces = _spaces(comps)
+        try:
+            return await prune_local(comps.outbox, comps.store, spaces, retention, Progress)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            fail(f"Spaces unreachable, nothing pruned: {spaces.redact(str(exc))}")
+
+    report = with_components(job, settings)
     typer.echo(f"pruned {report.pruned} local copies ({report.bytes_freed / 2**20:.1f} MiB)")
     if report.requeued:
         typer.secho(
