@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from appliance.intake.fields import MAPPABLE_FIELDS
+
 DEFAULT_JOTFORM_ORIGINS = (
     "https://www.jotform.com",
     "https://files.jotform.com",
@@ -22,8 +24,6 @@ DEFAULT_JOTFORM_ORIGINS = (
     "https://hipaa.jotform.com",
 )
 
-# The form fields RAIOX_JOTFORM_FIELD_MAP may map (intake.jotform's FIELDS and FILE_FIELD).
-JOTFORM_MAPPABLE_FIELDS = ("nome", "email", "paciente", "dente", "file")
 
 P = TypeVar("P")
 
@@ -197,11 +197,11 @@ class Settings:
                 "_SECRET_KEY together; set all four or none"
             )
         j = self.jotform
-        unknown = {v.lower() for _, v in j.field_map} - set(JOTFORM_MAPPABLE_FIELDS)
+        unknown = {v.lower() for _, v in j.field_map} - set(MAPPABLE_FIELDS)
         if unknown:
             raise SettingsError(
                 f"RAIOX_JOTFORM_FIELD_MAP maps questions to unknown fields {sorted(unknown)}; "
-                f"use {', '.join(JOTFORM_MAPPABLE_FIELDS)}"
+                f"use {', '.join(MAPPABLE_FIELDS)}"
             )
         if j.verify_submissions and not j.api_key:
             raise SettingsError("RAIOX_JOTFORM_VERIFY_SUBMISSIONS needs RAIOX_JOTFORM_API_KEY")

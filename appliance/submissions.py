@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
@@ -24,6 +25,20 @@ from appliance.catalog.repository import Match, implant_from_row
 from appliance.errors import AppError
 from appliance.storage import StoredObject
 from appliance.sync import outbox
+
+
+class Source(StrEnum):
+    """Where a submission came from (stored in submissions.source, a metrics label)."""
+
+    UPLOAD = "upload"  # POST /upload
+    CLI = "cli"  # raiox identify
+    JOTFORM = "jotform"  # POST /jotform
+    WEBHOOK = "webhook"  # POST /webhook
+
+    @property
+    def is_form(self) -> bool:
+        """Form deliveries are kept per dentist (the seed's clientes/{id}/)."""
+        return self in (Source.JOTFORM, Source.WEBHOOK)
 
 
 class SubmissionNotFoundError(AppError):
@@ -59,7 +74,7 @@ class SubmissionImage:
 @dataclass(frozen=True)
 class Submission:
     id: uuid.UUID
-    source: str
+    source: Source
     external_id: str | None
     result_token: str
     client_id: str | None
@@ -85,7 +100,7 @@ class SubmissionRepository:
     async def create(
         self,
         *,
-        source: str,
+        source: Source,
         external_id: str | None,
         submitter: Submitter,
         client_id: str | None,
@@ -128,7 +143,7 @@ class SubmissionRepository:
     async def create_done(
         self,
         *,
-        source: str,
+        source: Source,
         submitter: Submitter,
         client_id: str | None,
         stored: StoredObject,
@@ -243,7 +258,7 @@ class SubmissionRepository:
         async with self._pool.acquire() as conn:
             return await self._load(conn, "s.result_token = $1", token)
 
-    async def find_external(self, source: str, external_id: str) -> Submission | None:
+    async def find_external(self, source: Source, external_id: str) -> Submission | None:
         async with self._pool.acquire() as conn:
             found = await conn.fetchval(
                 "SELECT id FROM submissions WHERE source = $1 AND external_id = $2",
@@ -294,12 +309,12 @@ class SubmissionRepository:
                 )
             )
         images = [SubmissionImage(**dict(r), matches=by_image.get(r["id"], [])) for r in image_rows]
-        return Submission(**dict(row), images=images)
+        return Submission(**{**dict(row), "source": Source(row["source"])}, images=images)
 
 
 async def _insert_submission(
     conn: asyncpg.Connection,
-    source: str,
+    source: Source,
     external_id: str | None,
     submitter: Submitter,
     client_id: str | None,
@@ -354,7 +369,8 @@ async def _write_result(
 
 # Submission, its one image, the matches and the replication entry. Data-modifying CTEs all
 # run, referenced or not, and one statement commits or fails as a whole.
-_CREATE_DONE = """
+_QUEUED = outbox.ENQUEUE.format(key="$9", sha256="$8", size="$17", content_type="$10")
+_CREATE_DONE = f"""
 WITH sub AS (
     INSERT INTO submissions (source, result_token, client_id, dentist_name, dentist_email,
                              patient_name, tooth, status)
@@ -371,8 +387,7 @@ WITH sub AS (
     FROM image, unnest($13::smallint[], $14::bigint[], $15::bigint[], $16::real[])
          AS m (rank, implant_id, reference_image_id, similarity)
 ), queued AS (
-    INSERT INTO outbox (storage_key, sha256, size_bytes, content_type)
-    VALUES ($9, $8, $17, $10) ON CONFLICT (storage_key) DO NOTHING
+    {_QUEUED}
 )
 SELECT sub.id, sub.created_at, image.id AS image_id FROM sub, image
 """

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 import httpx
 import pytest
 
-from appliance.api.results import install_log_redaction
 from appliance.intake.downloads import (
     UploadOriginNotAllowedError,
     checked_url,
@@ -18,6 +17,7 @@ from appliance.intake.downloads import (
     with_credentials,
 )
 from appliance.intake.jotform import FieldMap, MalformedPayloadError, as_text, read_post
+from appliance.logs import keep_secrets_out_of_logs
 from appliance.settings import DEFAULT_JOTFORM_ORIGINS, Settings, SettingsError
 
 UPLOAD = "https://www.jotform.com/uploads/clinica/251488352368668/6295223450435068292/rx%201.png"
@@ -210,7 +210,7 @@ def test_settings_refuse_unknown_mapped_fields_and_verification_without_key() ->
 
 
 def test_access_log_keeps_no_tokens() -> None:
-    install_log_redaction()
+    keep_secrets_out_of_logs()
     access = logging.getLogger("uvicorn.access")
     record = logging.LogRecord(
         "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',

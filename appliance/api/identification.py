@@ -14,7 +14,7 @@ from litestar.params import Body
 from appliance.api.schemas import IdentificationOut, ModelOut, identification_out
 from appliance.errors import AppError
 from appliance.identification.identify import Identifier
-from appliance.submissions import SubmissionRepository, Submitter
+from appliance.submissions import Source, SubmissionRepository, Submitter
 
 
 class MissingFileError(AppError):
@@ -67,7 +67,9 @@ class IdentificationController(Controller):
             patient_name=_clean(data.paciente),
             tooth=_clean(data.dente),
         )
-        submission = await identifier.identify_upload(content, source="upload", submitter=submitter)
+        submission = await identifier.identify_upload(
+            content, source=Source.UPLOAD, submitter=submitter
+        )
         return identification_out(submission, model_out(identifier), base_url)
 
     @get("/submissions/{submission_id:uuid}", summary="A stored identification result")

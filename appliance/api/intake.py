@@ -18,8 +18,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from litestar import Controller, Request, post
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State, UploadFile
-from litestar.di import Provide
+from litestar.datastructures import UploadFile
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 
@@ -28,8 +27,9 @@ from appliance.api.schemas import IdentificationOut, identification_out
 from appliance.errors import AppError
 from appliance.identification.identify import Identifier
 from appliance.intake.deliveries import Delivery, ImageSource, Intake, Outcome
-from appliance.intake.jotform import FIELDS, clean_text, read_post
-from appliance.submissions import Submitter
+from appliance.intake.fields import DENTIST_NAME, EMAIL, PATIENT_NAME, TEXT_FIELDS, TOOTH
+from appliance.intake.jotform import clean_text, read_post
+from appliance.submissions import Source, Submitter
 
 T = TypeVar("T")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -79,20 +79,9 @@ def require_webhook_token(
         raise WebhookUnauthorizedError("Missing or wrong ?token= in the webhook URL.")
 
 
-def provide_intake(state: State) -> Intake:
-    """One Intake per app, made on first use from the app's components."""
-    intake: Intake | None = getattr(state, "intake", None)
-    if intake is None:
-        comps = state.components
-        intake = Intake.from_settings(comps.settings, comps.identifier, comps.submissions)
-        state.intake = intake
-    return intake
-
-
 class IntakeController(Controller):
     tags = ["webhooks"]
     guards = [require_webhook_token]
-    dependencies = {"intake": Provide(provide_intake, sync_to_thread=False)}
 
     @post(
         "/jotform",
@@ -117,7 +106,7 @@ class IntakeController(Controller):
         post_ = read_post(fields, intake.field_map)
         inline = [ImageSource(data=await f.read()) for f in files]
         delivery = Delivery(
-            source="jotform",
+            source=Source.JOTFORM,
             external_id=post_.submission_id,
             submitter=_submitter(post_.text),
             images=[*inline, *(ImageSource(url=u) for u in post_.upload_urls)],
@@ -151,9 +140,9 @@ class IntakeController(Controller):
         images = [ImageSource(url=u) for u in urls]
         if data.image_base64:
             images.insert(0, ImageSource(data=_base64(data.image_base64)))
-        text = {f: v for f in FIELDS if (v := clean_text(getattr(data, f)))}
+        text = {f: v for f in TEXT_FIELDS if (v := clean_text(getattr(data, f)))}
         delivery = Delivery(
-            source="webhook",
+            source=Source.WEBHOOK,
             external_id=idempotency_key,
             submitter=_submitter(text),
             images=images,
@@ -181,10 +170,10 @@ async def _to_completion(job: Coroutine[Any, Any, T]) -> T:
 
 def _submitter(text: dict[str, str]) -> Submitter:
     return Submitter(
-        dentist_name=text.get("nome"),
-        dentist_email=text.get("email"),
-        patient_name=text.get("paciente"),
-        tooth=text.get("dente"),
+        dentist_name=text.get(DENTIST_NAME),
+        dentist_email=text.get(EMAIL),
+        patient_name=text.get(PATIENT_NAME),
+        tooth=text.get(TOOTH),
     )
 
 

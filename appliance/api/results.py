@@ -15,7 +15,6 @@ submission id is worth nothing later.
 
 from __future__ import annotations
 
-import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -32,10 +31,15 @@ from appliance.api.schemas import identification_out, reference_url
 from appliance.components import Components
 from appliance.errors import AppError
 from appliance.identification.identify import Identifier
-from appliance.submissions import Submission, SubmissionNotFoundError, SubmissionRepository
+from appliance.intake.fields import JOTFORM_ID
+from appliance.submissions import (
+    Source,
+    Submission,
+    SubmissionNotFoundError,
+    SubmissionRepository,
+)
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-_EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REFRESH_SECONDS = 2
 MAX_WAIT_REFRESHES = 90  # three minutes of waiting for Jotform's webhook to arrive
 
@@ -128,10 +132,10 @@ class ResultsController(Controller):
         n: Annotated[int, Parameter(ge=0, le=100_000)] = 0,
     ) -> Response[Any]:
         found = None
-        if _EXTERNAL_ID.match(submission_id):
-            found = await submissions.find_external("jotform", submission_id)
+        if JOTFORM_ID.match(submission_id):
+            found = await submissions.find_external(Source.JOTFORM, submission_id)
         if found is None:
-            if n >= MAX_WAIT_REFRESHES or not _EXTERNAL_ID.match(submission_id):
+            if n >= MAX_WAIT_REFRESHES or not JOTFORM_ID.match(submission_id):
                 return _page(404, state="not_received", title="envio não recebido")
             refresh = {"seconds": REFRESH_SECONDS, "url": f"?n={n + 1}"}
             return _page(200, state="waiting", title="aguardando", refresh=refresh)
@@ -200,29 +204,3 @@ def _result_view(
         "images": images,
         "refresh": {"seconds": REFRESH_SECONDS, "url": ""} if processing else None,
     }
-
-
-class _RedactSecrets(logging.Filter):
-    """uvicorn logs every request line, and both the webhook token (?token=) and result tokens
-    (/results/{token}) travel in URLs: keep them out of the access log."""
-
-    _query = re.compile(r"((?:^|[?&])token=)[^&\s]*")
-    _result = re.compile(r"/results/(?!jotform/)[^/?\s]+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            path = self._result.sub(
-                "/results/[redacted]", self._query.sub(r"\1[redacted]", args[2])
-            )
-            record.args = (*args[:2], path, *args[3:])
-        return True
-
-
-def install_log_redaction() -> None:
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, _RedactSecrets) for f in access.filters):
-        access.addFilter(_RedactSecrets())
-
-
-install_log_redaction()

@@ -13,7 +13,6 @@ contain the URL: a query string may carry the key, and a file name may carry a p
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,10 +20,6 @@ from dataclasses import dataclass
 import httpx
 
 from appliance.errors import AppError, ServiceUnavailableError
-
-# httpx logs every request's full URL at INFO: here that is a file name that may carry a
-# patient's name and, for private uploads, the API key. Warnings and errors only.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

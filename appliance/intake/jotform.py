@@ -21,12 +21,10 @@ from typing import Any
 import httpx
 
 from appliance.errors import AppError, ServiceUnavailableError
+from appliance.intake.fields import FILE_FIELD, JOTFORM_ID, TEXT_FIELDS
 
-FIELDS = ("nome", "email", "paciente", "dente")
-FILE_FIELD = "file"
 MAX_TEXT = 500
 _QUESTION_KEY = re.compile(r"^q(\d+)_(.+)$")
-_EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NAME_PARTS = ("prefix", "first", "middle", "last", "suffix")
 
 
@@ -109,7 +107,7 @@ class JotformPost:
 def read_post(form: Mapping[str, str], field_map: FieldMap) -> JotformPost:
     """The seed's shape (top-level nome/email/paciente/dente beside a `file` part) and the real
     one (rawRequest) alike; answers inside rawRequest win over top-level fields."""
-    text = {f: v for f in FIELDS if (v := clean_text(form.get(f)))}
+    text = {f: v for f in TEXT_FIELDS if (v := clean_text(form.get(f)))}
     urls: tuple[str, ...] = ()
     raw = form.get("rawRequest")
     if raw is not None:
@@ -146,7 +144,7 @@ def read_text_answers(answers: Mapping[str, Any], field_map: FieldMap) -> dict[s
         if (m := _QUESTION_KEY.match(key))
     ]
     found: dict[str, str] = {}
-    for field in FIELDS:
+    for field in TEXT_FIELDS:
         for question, value in questions:
             text = clean_text(as_text(value)) if field_map.matches(field, question) else None
             if text:
@@ -196,7 +194,7 @@ def _identifier(value: str | None, name: str) -> str | None:
     text = (value or "").strip()
     if not text:
         return None
-    if not _EXTERNAL_ID.match(text):
+    if not JOTFORM_ID.match(text):
         raise MalformedPayloadError(f"{name} must be 1-64 letters, digits, '-' or '_'.")
     return text
 
