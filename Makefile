@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_PACKAGES := redis-server chromium
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test test-random lint bench system-deps clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest -q
+
+# The same suite in a random order (modules and the tests in each); the seed is printed, and
+# `-p random_order --random-order-seed=N` replays it. Every test must pass alone and in any order.
+test-random: $(STAMP) system-deps
+	$(VENV)/bin/pytest -q --random-order
 
 bench: $(STAMP)
 	$(PY) tests/bench/model.py

@@ -204,8 +204,13 @@ async def test_health_docs_and_metrics(client: httpx.AsyncClient) -> None:
     assert 'raiox_identifications_total{outcome="ok",source="upload"}' in metrics
 
 
-def test_uploaded_image_is_kept_privately(demo_components: Components) -> None:
+async def test_uploaded_image_is_kept_privately(
+    client: httpx.AsyncClient, demo_components: Components
+) -> None:
+    data = png_bytes(render_patient_sample(DEMO_IMPLANTS[30], seed=3030))
+    response = await client.post("/upload", files={"file": ("rx.png", data, "image/png")})
+    assert response.status_code == 200, response.text
     files = [p for p in (demo_components.store.root / "uploads").rglob("*") if p.is_file()]
-    assert files, "uploads are kept on local disk"
+    assert data in [p.read_bytes() for p in files], "uploads are kept on local disk"
     assert all(p.stat().st_mode & 0o077 == 0 for p in files)
     assert (demo_components.store.root / "uploads").stat().st_mode & 0o077 == 0
