@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -104,6 +106,22 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     locks...): a round trip per request spent on session state this code never leaves behind
     (SET only as SET LOCAL, LISTEN never, advisory locks only on a migration's own
     connection). An open transaction is still rolled back by asyncpg itself."""
+
+
+@asynccontextmanager
+async def server_url(settings: Settings) -> AsyncIterator[str]:
+    """The URL of the appliance's database (starting the embedded server while it is used),
+    for tools that need a URL rather than a pool: pg_dump and pg_restore. It may hold the
+    password: never log it."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.postgres_dir)
+    url = await asyncio.to_thread(embedded.start)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(embedded.stop)
 
 
 class Database:

@@ -120,6 +120,14 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    """`raiox backup`: where backups are written and how many are kept."""
+
+    dir: Path | None = _var("RAIOX_BACKUP_DIR")  # noqa: RUF009  (unset: <data dir>/backups)
+    keep: int = _var("RAIOX_BACKUP_KEEP", 14)
+
+
+@dataclass(frozen=True)
 class JotformSettings:
     """Webhooks (Jotform's and the generic one) and the downloads they lead to."""
 
@@ -156,6 +164,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     spaces: SpacesSettings = field(default_factory=SpacesSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
     jotform: JotformSettings = field(default_factory=JotformSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
 
@@ -166,6 +175,10 @@ class Settings:
     @property
     def postgres_dir(self) -> Path:
         return self.data_dir / "postgres"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.backup.dir or self.data_dir / "backups"
 
     @classmethod
     def from_env(
@@ -183,6 +196,7 @@ class Settings:
         _positive(self.catalog, "top_k")
         _positive(self.encoder, "queue_max")
         _positive(self.sync, "max_attempts", "concurrency", "lease_seconds", "poll_seconds")
+        _positive(self.backup, "keep")
         retention = self.sync.local_retention_days
         if retention is not None and retention < 1:
             raise SettingsError("RAIOX_LOCAL_RETENTION_DAYS must be at least 1 (unset keeps all)")

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Controller, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from appliance.backup import backup_metrics
 from appliance.components import Components
 from appliance.metrics import REGISTRY
 
@@ -51,8 +52,8 @@ class HealthController(Controller):
         return Response(body, status_code=503 if down else 200)
 
     @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
-    async def metrics(self) -> bytes:
-        return generate_latest(REGISTRY)
+    async def metrics(self, components: Components) -> bytes:
+        return generate_latest(REGISTRY) + backup_metrics(components.settings.backups_dir)
 
 
 async def _database(components: Components) -> ComponentOut:

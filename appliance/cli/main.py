@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from appliance.cli.backup import backup, restore
 from appliance.cli.catalog import catalog_app, catalog_demo
 from appliance.cli.common import fail, load_settings, print_result, with_components
 from appliance.cli.model import model_app, model_build
@@ -28,6 +29,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(submissions_app, name="submissions")
 app.add_typer(sync_app, name="sync")
+app.command()(backup)
+app.command()(restore)
 
 
 @app.command()
