@@ -36,7 +36,8 @@ DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 def backup(
     out: Annotated[
-        Path | None, typer.Option(help="Backup folder (default: RAIOX_BACKUP_DIR)")
+        Path | None,
+        typer.Option(help="Backup folder (default: RAIOX_BACKUP_DIR, the one /metrics watches)"),
     ] = None,
     spaces: Annotated[
         bool, typer.Option("--spaces", help="Also copy it, private, to Spaces under backups/")
