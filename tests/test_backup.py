@@ -23,20 +23,20 @@ from pgvector.asyncpg import register_vector
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from appliance.backup import (
+from appliance.backup.archive import (
     LATEST,
     BackupError,
     BackupManifest,
     RestoreRefusedError,
-    backup_metrics,
-    create_backup,
     last_success_timestamp,
-    restore_backup,
 )
+from appliance.backup.create import create_backup
+from appliance.backup.pgtools import connection, find_tool
+from appliance.backup.restore import restore_backup
+from appliance.backup.status import backup_metrics
 from appliance.cli.main import app
 from appliance.components import Components
 from appliance.database import apply_migrations, server_url
-from appliance.pgtools import connection, find_tool
 from appliance.settings import Settings
 from tests.fixtures.appliance import quiet_progress
 from tests.fixtures.s3 import ACCESS_KEY, SECRET_KEY, S3Server

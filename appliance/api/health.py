@@ -8,7 +8,7 @@ import msgspec
 from litestar import Controller, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from appliance.backup import backup_metrics
+from appliance.backup.status import backup_metrics
 from appliance.components import Components
 from appliance.metrics import REGISTRY
 

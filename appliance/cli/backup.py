@@ -15,15 +15,9 @@ from typing import Annotated
 import asyncpg
 import typer
 
-from appliance.backup import (
-    BackupResult,
-    RestoreReport,
-    copy_to_spaces,
-    create_backup,
-    model_id_of,
-    record_spaces_copy,
-    restore_backup,
-)
+from appliance.backup.archive import model_id_of, record_spaces_copy
+from appliance.backup.create import BackupResult, copy_to_spaces, create_backup
+from appliance.backup.restore import RestoreReport, restore_backup
 from appliance.cli.common import fail, load_settings
 from appliance.database import server_url
 from appliance.errors import AppError
