@@ -12,4 +12,8 @@ Image files are not in the dump: they live on disk (and in Spaces), addressed by
 A restore verifies the archive against its manifest before touching anything, refuses a target
 that holds data unless forced, restores in one transaction (a failure leaves the target as it
 was), applies this version's migrations and compares the row counts with the manifest.
+
+Modules: archive (the files: manifest, latest.json, retention), create, restore, pgtools (the
+pg_dump/pg_restore adapter), status (the gauge; the only module the api imports).
+May import: database, errors, progress, sync (the Spaces client, only for `--spaces`).
 """

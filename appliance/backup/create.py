@@ -181,7 +181,8 @@ async def _run_pg_dump(
 async def copy_to_spaces(spaces: SpacesClient, result: BackupResult) -> list[str]:
     """Upload the dump and its manifest under `backups/`, private, each checked afterwards
     the way replication checks an image (size, sha256 metadata and ETag of the bytes)."""
-    from appliance.sync.spaces import OutboxItem, VerificationError, digest_file, matches
+    from appliance.sync.outbox import OutboxItem
+    from appliance.sync.spaces import VerificationError, digest_file, matches
 
     keys = []
     async with spaces.client() as s3:
