@@ -240,10 +240,11 @@ async def test_a_failed_backup_leaves_nothing_and_keeps_latest(
     first = await create_backup(url, backup_dir, keep=5, progress=quiet_progress)
     latest = (backup_dir / LATEST).read_bytes()
     broken = url.replace(f"/{name}?", f"/{name}_missing?")
+    same_second = datetime.fromisoformat(first.manifest.created_at)
+    later = same_second + timedelta(hours=1)  # its own name: it fails on the database
 
     with pytest.raises(asyncpg.InvalidCatalogNameError):
-        await create_backup(url=broken, out_dir=backup_dir, keep=5, progress=quiet_progress)
-    same_second = datetime.fromisoformat(first.manifest.created_at)
+        await create_backup(broken, backup_dir, keep=5, now=later, progress=quiet_progress)
     with pytest.raises(BackupError, match="already exists"):
         await create_backup(url, backup_dir, keep=5, now=same_second, progress=quiet_progress)
 
