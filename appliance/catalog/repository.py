@@ -2,8 +2,8 @@
 
 Search returns distinct implants (the best reference of each), so three views of one implant
 never crowd out the runners-up. Small catalogs are scanned exactly; past a threshold an HNSW
-index is built and used: it proposes the nearest references, and every reference of the
-implants they belong to is then ranked exactly (see HnswParams).
+index over the implants' centroids proposes candidate implants, and every reference of those
+is then ranked exactly (see HnswParams).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from appliance.errors import AppError
 
-HNSW_INDEX = "reference_images_embedding_hnsw"
+HNSW_INDEX = "implants_centroid_hnsw"
 STATS_TTL_SECONDS = 30.0
 
 
@@ -25,17 +25,18 @@ STATS_TTL_SECONDS = 30.0
 class HnswParams:
     """The HNSW index and how its answer becomes k distinct implants (tests/bench/catalog.py).
 
-    Taking the best reference per implant among the index's nearest references is not enough:
-    sizes of one line are close to each other, the index misses some of their references, and
-    the runners-up come out in the wrong order (recall@3 0.93-0.95 at 100k whatever ef_search).
-    So the index only proposes implants: its `candidates` nearest references name them, and all
-    references of those implants are compared exactly (a few hundred vectors, by implant id).
+    The index holds one point per implant, the centroid of its references (kept by triggers,
+    migration 006), not the references themselves: an implant's views are near each other and
+    the sizes of one line near those, which a graph over the references navigates poorly (the
+    best per implant among its nearest references found the exact top 3 82-98% of the time at
+    100k). The index proposes `candidates` implants; all their references are then compared
+    exactly, so the order among the runners-up is the exact scan's.
     """
 
     m: int = 16
     ef_construction: int = 64
-    ef_search: int = 40
-    candidates: int = 40
+    ef_search: int = 80
+    candidates: int = 30
     # The graph must fit in memory while it is built, or the build slows down many times over.
     build_memory: str = "1GB"
 
@@ -121,7 +122,7 @@ def implant_from_row(row: asyncpg.Record) -> Implant:
 
 class Catalog:
     def __init__(
-        self, pool: asyncpg.Pool, *, hnsw_threshold: int = 5000, hnsw: HnswParams | None = None
+        self, pool: asyncpg.Pool, *, hnsw_threshold: int = 2000, hnsw: HnswParams | None = None
     ) -> None:
         self._pool = pool
         self._hnsw_threshold = hnsw_threshold
@@ -296,8 +297,8 @@ class Catalog:
         async with self._pool.acquire() as conn:
             await conn.execute(f"SET maintenance_work_mem = '{params.build_memory}'")
             await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON reference_images "
-                f"USING hnsw (embedding vector_cosine_ops) "
+                f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON implants "
+                f"USING hnsw (centroid vector_cosine_ops) "
                 f"WITH (m = {params.m:d}, ef_construction = {params.ef_construction:d})"
             )
         return True
@@ -318,20 +319,16 @@ ORDER BY best.distance, i.id
 LIMIT $3
 """
 
-# The index proposes implants (those of its nearest references); each is then ranked by its
-# best reference, compared exactly.
+# The index proposes implants (nearest centroids); each is then ranked by its best reference,
+# compared exactly.
 _ANN_SEARCH = f"""
 WITH candidates AS MATERIALIZED (
-    SELECT r.implant_id
-    FROM reference_images r
-    WHERE r.model_id = $2
-    ORDER BY r.embedding <=> $1
-    LIMIT $4
+    SELECT c.id FROM implants c ORDER BY c.centroid <=> $1 LIMIT $4
 ), best AS (
     SELECT DISTINCT ON (r.implant_id) r.implant_id, r.id AS reference_id,
            r.embedding <=> $1 AS distance
     FROM reference_images r
-    WHERE r.implant_id IN (SELECT implant_id FROM candidates) AND r.model_id = $2
+    WHERE r.implant_id IN (SELECT id FROM candidates) AND r.model_id = $2
     ORDER BY r.implant_id, r.embedding <=> $1
 )
 SELECT {_IMPLANT_COLUMNS}, best.reference_id, best.distance

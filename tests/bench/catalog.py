@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,11 @@ def recall(answers: list[list[int]], truth: list[list[int]]) -> float:
 
 
 async def bench_size(
-    server: Any, references: int, queries: int, params: HnswParams
+    server: Any,
+    references: int,
+    queries: int,
+    params: HnswParams,
+    sweep: list[tuple[int, int]],
 ) -> dict[str, Any]:
     name = f"bench_catalog_{references}"
     server.psql(f"DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name};")
@@ -111,6 +116,18 @@ async def bench_size(
         await indexed.ensure_index()
         build_s = round(time.perf_counter() - start, 2)
         hnsw_stats, hnsw_answers = await timed_search(indexed, backend, qs)
+        for ef_search, candidates in sweep:  # other search settings on the same index
+            other = Catalog(
+                pool,
+                hnsw_threshold=0,
+                hnsw=replace(params, ef_search=ef_search, candidates=candidates),
+            )
+            stats, answers = await timed_search(other, backend, qs)
+            print(
+                f"  ef_search {ef_search} candidates {candidates}: {stats} "
+                f"recall {recall(answers, truth)}",
+                file=sys.stderr,
+            )
         size = await pool.fetchval(
             "SELECT pg_total_relation_size('reference_images') + pg_total_relation_size('implants')"
         )
@@ -211,7 +228,9 @@ def main() -> None:
     parser.add_argument("--ef-construction", type=int, default=HnswParams.ef_construction)
     parser.add_argument("--ef-search", type=int, default=HnswParams.ef_search)
     parser.add_argument("--candidates", type=int, default=HnswParams.candidates)
+    parser.add_argument("--sweep", default="", help="also try EF:CANDIDATES,... (stderr)")
     args = parser.parse_args()
+    sweep = [tuple(int(v) for v in pair.split(":")) for pair in args.sweep.split(",") if pair]
     params = HnswParams(args.m, args.ef_construction, args.ef_search, args.candidates)
     import pgserver
 
@@ -221,7 +240,7 @@ def main() -> None:
     try:
         for size in (int(s) for s in args.sizes.split(",")):
             result["search"][str(size)] = asyncio.run(
-                bench_size(server, size, args.queries, params)
+                bench_size(server, size, args.queries, params, sweep)  # type: ignore[arg-type]
             )
         if not args.no_import:
             ensure_model(args.model_dir)

@@ -5,6 +5,9 @@
 
 Prints one JSON object (keys are read by other tools; do not rename them). Every uncached
 request carries a distinct ~1 MP JPEG; cached requests repeat images already seen.
+`encoder_batch8_images_per_s` is the model alone (tests/bench/encoder_rate.py, measured before
+and after the load while the server idles, median) and `uncached_c16_vs_encoder` the share of
+it that /upload delivers at concurrency 16 (target >= 0.85).
 """
 
 from __future__ import annotations
