@@ -19,7 +19,8 @@ import asyncpg
 
 from appliance.catalog.repository import Catalog, NewImplant
 from appliance.errors import AppError
-from appliance.identification.identify import Embedder
+from appliance.identification.batching import EncoderOverloadedError
+from appliance.identification.identify import Embedder, Embedding
 from appliance.progress import Progress
 from appliance.storage import LocalImageStore, reference_key, sha256_hex
 from appliance.sync import outbox
@@ -29,6 +30,7 @@ ImageSource = Path | bytes
 # Images in flight during an import: two of the encoder's batches of 8, so one can be prepared
 # while the other runs (tests/bench/catalog.py: import_refs_per_s against encoder_images_per_s).
 IMPORT_CONCURRENCY = 16
+IMPORT_ATTEMPTS = 10
 
 
 class ManifestError(AppError):
@@ -164,7 +166,7 @@ async def _add_reference(
     implant_id: int,
     data: bytes,
 ) -> None:
-    embedding = await embedder.embed(data)
+    embedding = await _embed_patiently(embedder, data)
     key = reference_key(embedding.sha256, embedding.extension)
     stored = await store.put(key, data, embedding.content_type, sha256=embedding.sha256)
     async with pool.acquire() as conn, conn.transaction():
@@ -177,6 +179,20 @@ async def _add_reference(
             embedding=embedding.vector,
         )
         await outbox.enqueue(conn, stored)
+
+
+async def _embed_patiently(embedder: Embedder, data: bytes) -> Embedding:
+    """An import is a batch job: a queue that does not clear in time (a busy machine) is waited
+    for, not a failure, as it is for an HTTP request."""
+    attempt = 1
+    while True:
+        try:
+            return await embedder.embed(data)
+        except EncoderOverloadedError as exc:
+            if attempt >= IMPORT_ATTEMPTS:
+                raise
+            attempt += 1
+            await asyncio.sleep(exc.retry_after_s)
 
 
 async def reembed_catalog(
