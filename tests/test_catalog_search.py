@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pgvector.asyncpg import register_vector
 
-from appliance.catalog import _ANN_SEARCH, HNSW_INDEX, Catalog, HnswParams
+from appliance.catalog.repository import _ANN_SEARCH, HNSW_INDEX, Catalog, HnswParams
 from appliance.database import apply_migrations
 from tests.fixtures.synthetic_catalog import exact_top, load, make_queries, synthetic_catalog
 

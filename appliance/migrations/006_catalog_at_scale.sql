@@ -11,7 +11,7 @@
 --    the sizes of one line near those, which a graph over 100k references navigates poorly
 --    (top-3 implants found 82% of the time at ef_search 40, 98% at 200), while the graph over
 --    the implants' centroids finds them 99.5-100% of the time, and is 5x smaller.
---    appliance/catalog.py builds that index past RAIOX_HNSW_THRESHOLD references.
+--    appliance/catalog/repository.py builds that index past RAIOX_HNSW_THRESHOLD references.
 ALTER TABLE reference_images ALTER COLUMN embedding SET STORAGE PLAIN;
 ALTER TABLE implants ADD COLUMN centroid vector(512);
 ALTER TABLE implants ALTER COLUMN centroid SET STORAGE PLAIN;
@@ -44,7 +44,7 @@ CREATE TRIGGER reference_images_deleted AFTER DELETE ON reference_images
 
 -- Rewrite the embeddings inline (the update trigger fills every centroid on the way). An index
 -- on the references would be updated row by row: it goes first, and where there was one, the
--- centroid index takes its place with appliance.catalog.HnswParams' settings.
+-- centroid index takes its place with appliance.catalog.repository.HnswParams' settings.
 DO $$
 DECLARE
     had_index boolean := to_regclass('reference_images_embedding_hnsw') IS NOT NULL;

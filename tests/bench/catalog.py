@@ -45,7 +45,7 @@ sys.path[0] = str(ROOT)
 import asyncpg
 from pgvector.asyncpg import register_vector
 
-from appliance.catalog import Catalog, HnswParams
+from appliance.catalog.repository import Catalog, HnswParams
 from appliance.database import apply_migrations
 from tests.bench.encoder_rate import images_per_s, sample_pixels
 from tests.fixtures.synthetic_catalog import exact_top, load, make_queries, synthetic_catalog
@@ -157,7 +157,7 @@ def ensure_model(model_dir: Path) -> None:
 
 def write_manifest(folder: Path, views: range) -> Path:
     """The demo catalog's rendered implants as files + a CSV manifest, as a user would have."""
-    from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_reference
+    from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_reference
 
     folder.mkdir(parents=True)
     with (folder / "catalog.csv").open("w", newline="") as f:
@@ -176,7 +176,7 @@ def write_manifest(folder: Path, views: range) -> Path:
 async def import_throughput(server: Any, model_dir: Path, root: Path) -> dict[str, float]:
     """`raiox catalog import` (read_manifest + import_catalog, as the CLI runs them) against
     the encoder's batch-8 images/s, alternated in one process: medians of each."""
-    from appliance.catalog_import import import_catalog, read_manifest
+    from appliance.catalog.importer import import_catalog, read_manifest
     from appliance.components import build_components
     from appliance.settings import Settings
 

@@ -17,8 +17,8 @@ BATCH = 8
 
 def sample_pixels(encoder: object) -> np.ndarray:
     """Eight demo radiographs, preprocessed as the appliance does it."""
-    from appliance.demo_catalog import DEMO_IMPLANTS, render_patient_sample
-    from appliance.imaging import preprocess
+    from appliance.catalog.demo import DEMO_IMPLANTS, render_patient_sample
+    from appliance.identification.imaging import preprocess
 
     params = encoder.preprocess_params  # type: ignore[attr-defined]
     images = [render_patient_sample(DEMO_IMPLANTS[i], seed=i).convert("RGB") for i in range(BATCH)]
@@ -35,7 +35,7 @@ def images_per_s(encoder: object, pixels: np.ndarray, rounds: int = 12) -> float
 
 
 def main() -> None:
-    from appliance.encoder import Encoder
+    from appliance.identification.encoder import Encoder
 
     encoder = Encoder.load(Path(sys.argv[1]), intra_op_threads=2)
     print(round(images_per_s(encoder, sample_pixels(encoder)), 2))
