@@ -1,10 +1,18 @@
 """Logging for every entry point (CLI, server process, workers), configured here and only here:
-format and levels, and the filter that keeps secrets out of uvicorn's access log."""
+format and levels, the filter that keeps secrets out of uvicorn's access log, and the one
+that keeps a flood of identical errors from filling the disk."""
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
+
+# Loggers that a hostile or broken client can make repeat themselves: asyncio's accept loop
+# ("socket.accept() out of system resource" at the descriptor limit), uvicorn's protocol
+# warnings ("Invalid HTTP request received.", "Exceeded concurrency limit.").
+NOISY_LOGGERS = ("asyncio", "uvicorn.error")
 
 
 def configure_logging() -> None:
@@ -13,6 +21,42 @@ def configure_logging() -> None:
     )
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it narrates every pg_ctl call
     keep_secrets_out_of_logs()
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _rate_limit not in logger.filters:
+            logger.addFilter(_rate_limit)
+
+
+class RateLimitFilter(logging.Filter):
+    """At most `burst` records per message template per `window` seconds; the first record of
+    the next window says how many were dropped. A flood stays a few lines a minute."""
+
+    def __init__(self, burst: int = 10, window: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window = window
+        self._lock = threading.Lock()
+        self._state: dict[tuple[str, str], tuple[float, int, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            start, seen, dropped = self._state.get(key, (now, 0, 0))
+            if now - start >= self.window:
+                start, seen = now, 0
+            if seen >= self.burst:
+                self._state[key] = (start, seen, dropped + 1)
+                return False
+            self._state[key] = (start, seen + 1, 0)
+            if len(self._state) > 1000:  # templates are few; never grow without bound
+                self._state.clear()
+        if dropped:
+            record.msg = f"{record.msg} [{dropped} similar messages suppressed]"
+        return True
+
+
+_rate_limit = RateLimitFilter()
 
 
 class _RedactSecrets(logging.Filter):

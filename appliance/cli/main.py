@@ -4,6 +4,7 @@ and runs the same use cases, so what works here works behind HTTP."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -50,14 +51,14 @@ def serve(
     port: Annotated[int | None, typer.Option()] = None,
     workers: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """Serve the HTTP API (uvicorn).
+    """Serve the HTTP API (uvicorn, with connection limits: see appliance.server).
 
-    Settings are checked here, then uvicorn replaces this process: the server then holds only
+    Settings are checked here, then the server replaces this process: it then holds only
     the app's imports, not the CLI's (the sync worker's botocore alone is ~40 MB)."""
     settings = load_settings()
-    args = [sys.executable, "-m", "uvicorn", "appliance.asgi:app", "--proxy-headers"]
+    args = [sys.executable, "-m", "appliance.server"]
     args += ["--host", host or settings.server.host, "--port", str(port or settings.server.port)]
-    args += ["--workers", str(workers), "--log-level", "info"]
+    args += ["--workers", str(workers)]
     os.execv(sys.executable, args)
 
 
@@ -122,11 +123,10 @@ def _start_server(settings: Settings, port: int) -> tuple[Any, threading.Thread]
     import uvicorn
 
     from appliance.app import create_app
+    from appliance.server import uvicorn_config
 
     configure_logging()
-    config = uvicorn.Config(
-        create_app(settings), host=settings.server.host, port=port, log_level="info"
-    )
+    config = uvicorn_config(create_app(settings), settings, host=settings.server.host, port=port)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -167,7 +167,15 @@ def _result_out(comps: Any, sub: Any) -> Any:
     return identification_out(sub, model, (comps.settings.server.public_base_url or "").rstrip("/"))
 
 
+def _sigterm_as_ctrl_c(_signum: int, _frame: object) -> None:
+    """SIGTERM (systemd, make, docker stop) gets what Ctrl-C gets: finally blocks and exit
+    handlers run, so the embedded Postgres is left (and stopped by its last user) instead of
+    being orphaned by Python's default of dying on the spot."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
         app()
     except SystemExit as exc:
