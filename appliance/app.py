@@ -12,8 +12,9 @@ from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from appliance.api.access import Access
 from appliance.api.dependencies import DEPENDENCIES
-from appliance.api.errors import exception_handlers
+from appliance.api.errors import MULTIPART_PART_LIMIT, exception_handlers
 from appliance.api.health import HealthController
 from appliance.api.identification import IdentificationController
 from appliance.api.implants import ImplantController
@@ -52,8 +53,12 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
         dependencies=DEPENDENCIES,
         exception_handlers=exception_handlers(),
         lifespan=[lifespan],
-        state=State({"components": components} if components else {}),
+        state=State(
+            {"access": Access.from_settings(settings)}
+            | ({"components": components} if components else {})
+        ),
         request_max_body_size=settings.limits.max_bytes + MULTIPART_OVERHEAD_BYTES,
+        multipart_form_part_limit=MULTIPART_PART_LIMIT,
         openapi_config=OpenAPIConfig(
             title="Raiox appliance",
             version="0.1.0",

@@ -8,6 +8,7 @@ from litestar import Controller, Response, get
 from litestar.params import Parameter
 from litestar.response import Redirect
 
+from appliance.api.access import require_api_key
 from appliance.api.images import image_response
 from appliance.api.schemas import (
     ImplantDetailOut,
@@ -19,6 +20,11 @@ from appliance.catalog.repository import Catalog
 from appliance.components import Components
 from appliance.errors import AppError
 
+# Ids and offsets are Postgres bigints: a larger number is a client's mistake (400), not a
+# driver overflow (500).
+INT64_MAX = 2**63 - 1
+DatabaseId = Annotated[int, Parameter(ge=1, le=INT64_MAX)]
+
 
 class ReferenceNotFoundError(AppError):
     status_code = 404
@@ -27,6 +33,7 @@ class ReferenceNotFoundError(AppError):
 
 class ImplantController(Controller):
     tags = ["catalog"]
+    guards = [require_api_key]
 
     @get("/implants", summary="List reference implants (paginated, filter by manufacturer)")
     async def list_implants(
@@ -34,7 +41,7 @@ class ImplantController(Controller):
         catalog: Catalog,
         manufacturer: str | None = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        offset: Annotated[int, Parameter(ge=0)] = 0,
+        offset: Annotated[int, Parameter(ge=0, le=INT64_MAX)] = 0,
     ) -> ImplantPageOut:
         items, total = await catalog.list_implants(
             manufacturer=manufacturer, limit=limit, offset=offset
@@ -45,7 +52,7 @@ class ImplantController(Controller):
 
     @get("/implants/{implant_id:int}", summary="One reference implant")
     async def get_implant(
-        self, implant_id: int, catalog: Catalog, base_url: str
+        self, implant_id: DatabaseId, catalog: Catalog, base_url: str
     ) -> ImplantDetailOut:
         implant, reference_ids = await catalog.get_implant(implant_id)
         base = implant_out(implant)
@@ -60,7 +67,7 @@ class ImplantController(Controller):
         summary="A reference image of the catalog (a redirect to Spaces if not held locally)",
     )
     async def reference_image(
-        self, reference_id: int, catalog: Catalog, components: Components
+        self, reference_id: DatabaseId, catalog: Catalog, components: Components
     ) -> Response[bytes] | Redirect:
         ref = await catalog.get_reference(reference_id)
         found = await components.images.url_or_bytes(ref.storage_key) if ref else None

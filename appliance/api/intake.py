@@ -22,6 +22,7 @@ from litestar.datastructures import UploadFile
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 
+from appliance.api.access import require_free_disk
 from appliance.api.identification import model_out
 from appliance.api.schemas import IdentificationOut, identification_out
 from appliance.errors import AppError
@@ -81,7 +82,7 @@ def require_webhook_token(
 
 class IntakeController(Controller):
     tags = ["webhooks"]
-    guards = [require_webhook_token]
+    guards = [require_webhook_token, require_free_disk]
 
     @post(
         "/jotform",

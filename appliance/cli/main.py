@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from appliance.cli.apikey import apikey_app
 from appliance.cli.backup import backup, restore
 from appliance.cli.catalog import catalog_app, catalog_demo
 from appliance.cli.common import fail, load_settings, print_result, with_components
@@ -32,6 +33,7 @@ app.add_typer(submissions_app, name="submissions")
 app.add_typer(sync_app, name="sync")
 app.command()(backup)
 app.command()(restore)
+app.add_typer(apikey_app, name="apikey")
 
 
 @app.command()
