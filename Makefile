@@ -24,7 +24,8 @@ system-deps:
 	fi
 
 run: $(STAMP)
-	RAIOX_ALLOW_UNTRAINED_MODEL=$${RAIOX_ALLOW_UNTRAINED_MODEL:-1} $(VENV)/bin/raiox demo
+	RAIOX_ALLOW_UNTRAINED_MODEL=$${RAIOX_ALLOW_UNTRAINED_MODEL:-1} \
+	  RAIOX_OPEN_ACCESS=$${RAIOX_OPEN_ACCESS:-1} $(VENV)/bin/raiox demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_patient_sample
 from PIL import Image
 
+from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_patient_sample
 from appliance.components import Components
 from tests.fixtures.appliance import asgi_client
 from tests.test_service import counts

@@ -3,6 +3,7 @@ and runs the same use cases, so what works here works behind HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -98,8 +99,12 @@ def demo(
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve")] = True,
 ) -> None:
     """Build a random-weight model if none exists, load the demo catalog, serve, and identify
-    a sample radiograph over HTTP. Everything it shows is labelled synthetic/untrained."""
+    a sample radiograph over HTTP. Everything it shows is labelled synthetic/untrained.
+    It serves with open access (no API keys) on its own host, as `make run` sets."""
     settings = load_settings()
+    settings = dataclasses.replace(
+        settings, access=dataclasses.replace(settings.access, open_access=True)
+    )
     if not (settings.model_dir / "manifest.json").is_file():
         typer.secho("No model found: building an UNTRAINED random-weight model.", fg="yellow")
         model_build(out=settings.model_dir, weights="random", fp32=False)
