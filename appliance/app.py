@@ -10,15 +10,17 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from appliance.api.access import Access
 from appliance.api.dependencies import DEPENDENCIES
+from appliance.api.docs import OfflineSwaggerUI, swagger_static
 from appliance.api.errors import MULTIPART_PART_LIMIT, exception_handlers
+from appliance.api.headers import security_headers
 from appliance.api.health import HealthController
 from appliance.api.identification import IdentificationController
 from appliance.api.implants import ImplantController
 from appliance.api.intake import IntakeController
+from appliance.api.openapi import COMPONENTS as OPENAPI_COMPONENTS
 from appliance.api.results import ResultsController
 from appliance.components import Components, open_components
 from appliance.logs import keep_secrets_out_of_logs
@@ -49,7 +51,9 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             HealthController,
             IntakeController,
             ResultsController,
+            swagger_static(),
         ],
+        before_send=[security_headers],
         dependencies=DEPENDENCIES,
         exception_handlers=exception_handlers(),
         lifespan=[lifespan],
@@ -64,6 +68,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             version="0.1.0",
             description="Identifies the dental implant in a radiograph (CLIP ViT-B/32 int8).",
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[OfflineSwaggerUI()],
+            components=OPENAPI_COMPONENTS,
         ),
     )

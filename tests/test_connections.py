@@ -5,12 +5,8 @@ small. Bounded: ~3,000 sockets on loopback, every one closed at the end."""
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_lifecycle import free_port
+from tests.fixtures.live_server import live_server
 
 SERVER_FD_LIMIT = 1024
 FLOOD = 3000
@@ -27,48 +23,12 @@ FLOOD = 3000
 @pytest.fixture
 def served(database_url: str, model_dir: Path) -> Iterator[tuple[int, Path]]:
     """`raiox serve` in its own process, held to SERVER_FD_LIMIT descriptors (soft and hard)."""
-    data_dir = Path(tempfile.mkdtemp(prefix="raiox-test-conn-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
-    env.update(
-        RAIOX_DATA_DIR=str(data_dir),
-        RAIOX_MODEL_DIR=str(model_dir),
-        RAIOX_ALLOW_UNTRAINED_MODEL="1",
-        RAIOX_DATABASE_URL=database_url,
-        RAIOX_OPEN_ACCESS="1",
-    )
-    port = free_port()
-    log_path = data_dir / "server.log"
 
     def low_ceiling() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (SERVER_FD_LIMIT, SERVER_FD_LIMIT))
 
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "serve", "--port", str(port)],
-            env=env,
-            cwd=data_dir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=low_ceiling,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.3)
-        yield port, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with live_server(database_url, model_dir, preexec_fn=low_ceiling) as server:
+        yield server.port, server.log_path
 
 
 def open_half_open(port: int, count: int, budget_s: float) -> list[socket.socket]:

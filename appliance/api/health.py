@@ -6,6 +6,7 @@ import shutil
 
 import msgspec
 from litestar import Controller, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.backup.status import backup_metrics
@@ -30,7 +31,7 @@ class HealthController(Controller):
     @get(
         "/healthcheck",
         summary="Per-component status; 200 while the appliance can identify, else 503",
-        responses={},
+        responses={503: ResponseSpec(HealthOut, description="The appliance cannot identify")},
     )
     async def healthcheck(self, components: Components) -> Response[HealthOut]:
         parts = {

@@ -12,6 +12,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 
 from appliance.api.access import authenticated_key, require_api_key, require_free_disk
+from appliance.api.openapi import KEY_ERRORS, KEYED, errors
 from appliance.api.schemas import IdentificationOut, ModelOut, identification_out
 from appliance.errors import AppError
 from appliance.identification.identify import Identifier
@@ -45,6 +46,8 @@ class IdentificationController(Controller):
     @post(
         "/upload",
         status_code=200,
+        security=KEYED,
+        responses=errors(*KEY_ERRORS, 409, 413, 415, 422, 507),
         guards=[require_free_disk],
         summary="Identify the implant in one radiograph",
         description=(
@@ -75,7 +78,12 @@ class IdentificationController(Controller):
         )
         return identification_out(submission, model_out(identifier), base_url)
 
-    @get("/submissions/{submission_id:uuid}", summary="A stored identification result")
+    @get(
+        "/submissions/{submission_id:uuid}",
+        summary="A stored identification result (result_url only for API key holders)",
+        security=KEYED,
+        responses=errors(*KEY_ERRORS, 404),
+    )
     async def get_submission(
         self,
         request: Request[Any, Any, Any],
