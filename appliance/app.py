@@ -4,6 +4,8 @@ Postgres)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,11 +25,20 @@ from appliance.api.intake import IntakeController
 from appliance.api.openapi import COMPONENTS as OPENAPI_COMPONENTS
 from appliance.api.results import ResultsController
 from appliance.components import Components, open_components
+from appliance.doctor import reconcile
 from appliance.logs import keep_secrets_out_of_logs
 from appliance.settings import Settings
 
 # Room for the multipart envelope and the text fields around the largest accepted image.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+log = logging.getLogger(__name__)
+
+
+def _log_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("doctor at start failed: %s", type(task.exception()).__name__)
 
 
 def create_app(settings: Settings, components: Components | None = None) -> Litestar:
@@ -42,7 +53,14 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
         async with open_components(settings) as built:
             built.load_identification()  # a refused model stops the server here
             app.state.components = built
-            yield
+            # Reconcile files and rows in the background: a large image folder must not
+            # delay the start (appliance.doctor).
+            doctor = asyncio.create_task(reconcile(built.database.pool, built.store))
+            doctor.add_done_callback(_log_failure)
+            try:
+                yield
+            finally:
+                doctor.cancel()
 
     return Litestar(
         route_handlers=[

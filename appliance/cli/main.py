@@ -49,6 +49,21 @@ def migrate() -> None:
 
 
 @app.command()
+def doctor() -> None:
+    """Reconcile image files with their rows (also done at every start) and report; exits 1
+    when something needed attention."""
+    from appliance.doctor import reconcile
+
+    report = with_components(lambda comps: reconcile(comps.database.pool, comps.store))
+    for line in report.lines():
+        typer.echo(line)
+    for key in report.rows_without_files[:20]:
+        typer.echo(f"  missing: {key}")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
