@@ -17,17 +17,15 @@ import pytest
 from appliance.apikeys import ApiKeys, digest
 from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_patient_sample
 from appliance.components import Components
-from tests.fixtures.appliance import asgi_client
+from tests.fixtures.appliance import asgi_client, variant
 
 CLOSED = {"open_access": False}
 
 
 @asynccontextmanager
 async def app_client(comps: Components, **changes: Any) -> AsyncIterator[httpx.AsyncClient]:
-    settings = dataclasses.replace(
-        comps.settings, access=dataclasses.replace(comps.settings.access, **changes)
-    )
-    async with asgi_client(dataclasses.replace(comps, settings=settings)) as client:
+    access = dataclasses.replace(comps.settings.access, **changes)
+    async with variant(comps, access=access) as built, asgi_client(built) as client:
         yield client
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_patient_sample
 from appliance.components import Components
-from tests.fixtures.appliance import asgi_client
+from tests.fixtures.appliance import asgi_client, variant
 from tests.test_service import counts
 
 TOKEN = "webhook-token-for-hostile-tests-71c2"
@@ -34,8 +34,7 @@ async def hooks(demo_components: Components) -> AsyncIterator[httpx.AsyncClient]
     jotform = dataclasses.replace(
         demo_components.settings.jotform, webhook_token=TOKEN, max_images_per_delivery=3
     )
-    settings = dataclasses.replace(demo_components.settings, jotform=jotform)
-    async with asgi_client(dataclasses.replace(demo_components, settings=settings)) as client:
+    async with variant(demo_components, jotform=jotform) as built, asgi_client(built) as client:
         yield client
 
 
