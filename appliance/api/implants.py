@@ -11,7 +11,7 @@ from litestar.response import Redirect
 
 from appliance.api.access import require_api_key
 from appliance.api.images import image_response
-from appliance.api.openapi import KEY_ERRORS, KEYED, errors
+from appliance.api.openapi import KEY_ERRORS, KEYED, binary, errors
 from appliance.api.schemas import (
     ImplantDetailOut,
     ImplantPageOut,
@@ -79,8 +79,8 @@ class ImplantController(Controller):
         "/references/{reference_id:int}/image",
         summary="A reference image of the catalog (a redirect to Spaces if not held locally)",
         security=KEYED,
-        media_type="image/*",
         responses={
+            200: binary("image/*", "The image's bytes (PNG, JPEG, TIFF, BMP or WebP)"),
             307: ResponseSpec(None, description="A short-lived presigned link to Spaces"),
             **errors(*KEY_ERRORS, 404),
         },

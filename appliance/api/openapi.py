@@ -56,7 +56,9 @@ def errors(*codes: int) -> dict[int, ResponseSpec]:
 
 
 def binary(media_type: str, description: str) -> ResponseSpec:
-    return ResponseSpec(bytes, description=description, media_type=media_type)
+    return ResponseSpec(
+        bytes, description=description, media_type=media_type, generate_examples=False
+    )
 
 
 KEY_ERRORS = (400, 401, 429, 503)

@@ -28,7 +28,7 @@ from litestar.response import Redirect
 
 from appliance.api.identification import model_out
 from appliance.api.images import image_response
-from appliance.api.openapi import HtmlOrJsonOperation, errors
+from appliance.api.openapi import HtmlOrJsonOperation, binary, errors
 from appliance.api.schemas import identification_out, reference_url
 from appliance.components import Components
 from appliance.errors import AppError
@@ -105,8 +105,8 @@ class ResultsController(Controller):
     @get(
         "/results/{token:str}/images/{position:int}",
         summary="The radiograph of a result (a redirect to Spaces if not held locally)",
-        media_type="image/*",
         responses={
+            200: binary("image/*", "The radiograph's bytes"),
             307: ResponseSpec(None, description="A short-lived presigned link to Spaces"),
             **errors(400, 404, 503),
         },
