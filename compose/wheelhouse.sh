@@ -40,9 +40,11 @@ fi
 
 # deps/ changes only with the requirements, app/ with the code: separate image layers.
 mkdir -p "$out/deps" "$out/app"
-cp "$deps"/*.whl "$deps/requirements.txt" "$out/deps/"
+cp -l "$deps"/*.whl "$deps/requirements.txt" "$out/deps/" 2>/dev/null \
+  || cp "$deps"/*.whl "$deps/requirements.txt" "$out/deps/"
 rm -rf "$root/build/lib" "$root"/build/bdist.* # setuptools' staging: stale modules would ship
 isolation=() # building in the caller's environment skips downloading setuptools each time
-"$py" -c 'import setuptools' 2>/dev/null && isolation=(--no-build-isolation)
+"$py" -c 'import setuptools.command.bdist_wheel' 2>/dev/null && isolation=(--no-build-isolation)
 "$py" -m pip wheel -q --disable-pip-version-check --no-deps "${isolation[@]}" -w "$out/app" "$root" >/dev/null
 ls "$out"/app/raiox_appliance-*.whl >/dev/null
+touch "$out/.complete"
