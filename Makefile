@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_PACKAGES := redis-server chromium
 
-.PHONY: run test test-random lint bench system-deps clean
+.PHONY: run test test-random e2e lint bench system-deps clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,13 +32,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps lint e2e
 	$(VENV)/bin/pytest -q
 
 # The same suite in a random order (modules and the tests in each); the seed is printed, and
 # `-p random_order --random-order-seed=N` replays it. Every test must pass alone and in any order.
 test-random: $(STAMP) system-deps
 	$(VENV)/bin/pytest -q --random-order
+
+# The deploy test: Docker + the images + the Ansible playbooks on this machine (tests/e2e/deploy.sh).
+e2e: $(STAMP)
+	bash tests/e2e/deploy.sh
 
 bench: $(STAMP)
 	$(PY) tests/bench/model.py

@@ -7,4 +7,6 @@ RUN apt-get update \
       prometheus-postgres-exporter prometheus-redis-exporter prometheus-node-exporter \
  && rm -rf /var/lib/apt/lists/*
 USER prometheus
+HEALTHCHECK --interval=15s --timeout=5s --retries=5 \
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9100"]
 CMD ["prometheus-node-exporter"]

@@ -44,6 +44,10 @@ def _catalog_size(client: httpx.Client) -> int:
     return int(response.json()["total"])
 
 
+def _radiograph(index: int) -> dict[str, tuple[str, bytes, str]]:
+    return {"file": ("rx.png", png_bytes(render_reference(DEMO_IMPLANTS[index], 0)), "image/png")}
+
+
 def use(url: str, token: str, state: Path) -> None:
     with httpx.Client(base_url=url, timeout=60) as client:
         _healthy(client)
@@ -52,7 +56,7 @@ def use(url: str, token: str, state: Path) -> None:
 
         upload = client.post(
             "/upload",
-            files={"file": ("rx.png", png_bytes(render_reference(DEMO_IMPLANTS[5], 0)), "image/png")},
+            files=_radiograph(5),
             data={"nome": "Dra. Teste", "dente": "36"},
         )
         assert upload.status_code == 200, upload.text
@@ -67,7 +71,7 @@ def use(url: str, token: str, state: Path) -> None:
             "/jotform",
             params={"token": token},
             data={"nome": "Dr. Jot", "email": "jot@example.com", "submissionID": jotform_id},
-            files={"file": ("rx.png", png_bytes(render_reference(DEMO_IMPLANTS[9], 0)), "image/png")},
+            files=_radiograph(9),
         )
         assert delivery.status_code == 200, delivery.text
         delivered = delivery.json()
@@ -77,9 +81,7 @@ def use(url: str, token: str, state: Path) -> None:
         metrics = client.get("/metrics")
         assert metrics.status_code == 404, "the proxy must not publish /metrics"
 
-    submissions = {
-        answer["submission_id"]: _matches(answer) for answer in (uploaded, delivered)
-    }
+    submissions = {answer["submission_id"]: _matches(answer) for answer in (uploaded, delivered)}
     state.write_text(json.dumps({"catalog": catalog, "submissions": submissions}))
     print(f"identified an upload and a Jotform delivery; catalog of {catalog} implants")
 
