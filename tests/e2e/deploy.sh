@@ -40,12 +40,12 @@ teardown() {
     docker ps -aq --filter label=com.docker.compose.project=raiox | xargs -r docker rm -f >/dev/null
     docker volume ls -q --filter label=com.docker.compose.project=raiox | xargs -r docker volume rm >/dev/null
     docker network ls -q --filter label=com.docker.compose.project=raiox | xargs -r docker network rm >/dev/null
-    # Keep the current images as the cache; drop the broken release and older appliance tags.
+    # Keep the images as the cache (versions share all but their last layer); drop the broken one.
     docker images --format '{{.Repository}}:{{.Tag}}' raiox/appliance \
-      | grep -vx "raiox/appliance:$version" | xargs -r docker rmi -f >/dev/null 2>&1
+      | grep ':broken-' | xargs -r docker rmi -f >/dev/null 2>&1
     docker image prune -f >/dev/null 2>&1
   fi
-  rm -rf "$RAIOX_E2E_ROOT" "$work" "$root/build/release-broken-"*
+  rm -rf "$RAIOX_E2E_ROOT" "$work"
   if [ -n "$dockerd_pid" ]; then
     kill "$dockerd_pid" 2>/dev/null
     for _ in $(seq 60); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
@@ -58,7 +58,6 @@ teardown() {
   log "done (exit $rc) in $(($(date +%s) - started))s"
   exit "$rc"
 }
-version="unset"
 trap teardown EXIT
 
 # --- 1. Docker ----------------------------------------------------------------------------
