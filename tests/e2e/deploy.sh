@@ -45,7 +45,7 @@ teardown() {
       | grep ':broken-' | xargs -r docker rmi -f >/dev/null 2>&1
     docker image prune -f >/dev/null 2>&1
   fi
-  rm -rf "$RAIOX_E2E_ROOT" "$work"
+  rm -rf "$RAIOX_E2E_ROOT"
   if [ -n "$dockerd_pid" ]; then
     kill "$dockerd_pid" 2>/dev/null
     for _ in $(seq 60); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
@@ -55,6 +55,7 @@ teardown() {
     ip link show docker0 >/dev/null 2>&1 && [ "$had_docker0" = no ] && ip link delete docker0
     sysctl -qw net.ipv4.ip_forward="$ip_forward"
   fi
+  rm -rf "$work"
   log "done (exit $rc) in $(($(date +%s) - started))s"
   exit "$rc"
 }
@@ -151,7 +152,7 @@ git ls-files -co --exclude-standard | grep -v '^tests/' | tar -cf - -T - | tar -
 ln -s "$root/build" "$broken/build" # the same wheel cache; its release dir is removed at the end
 echo 'raise RuntimeError("deliberately broken release (e2e upgrade test)")' >>"$broken/appliance/asgi.py"
 if playbook ansible/upgrade.yml -e "upgrade_version=broken-$version" -e "upgrade_source=$broken" \
-  -e appliance_wait_timeout=120 \
+  -e upgrade_wait_timeout=60 \
   >"$work/upgrade.log" 2>&1; then
   tail -30 "$work/upgrade.log"
   fail "upgrade.yml to a broken release succeeded"
