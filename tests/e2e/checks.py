@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from appliance.demo_catalog import DEMO_IMPLANTS, png_bytes, render_reference
+from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_reference
 
 
 def _healthy(client: httpx.Client) -> dict[str, Any]:
