@@ -46,5 +46,6 @@ rm -rf "$root/build/lib" "$root"/build/bdist.* # setuptools' staging: stale modu
 isolation=() # building in the caller's environment skips downloading setuptools each time
 "$py" -c 'import setuptools.command.bdist_wheel' 2>/dev/null && isolation=(--no-build-isolation)
 "$py" -m pip wheel -q --disable-pip-version-check --no-deps "${isolation[@]}" -w "$out/app" "$root" >/dev/null
+rm -rf "$root/build/lib" "$root"/build/bdist.*
 ls "$out"/app/raiox_appliance-*.whl >/dev/null
 touch "$out/.complete"
