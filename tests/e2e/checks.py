@@ -1,5 +1,7 @@
 """What the deploy test asks of a running stack, through its proxy only (tests/e2e/deploy.sh).
 
+The API is closed by default: `RAIOX_E2E_API_KEY` holds a key made in the stack (`raiox apikey
+create`), and an upload without it must be refused.
 `checks.py use URL TOKEN STATE`: /healthcheck answers 200 with an UNTRAINED model, an upload and a
 Jotform delivery each answer three matches (a rendered demo implant must come back first), and
 what was seen (catalog size, submission ids and their answers) is written to STATE.
@@ -10,6 +12,7 @@ submissions with the same matches.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -48,8 +51,15 @@ def _radiograph(index: int) -> dict[str, tuple[str, bytes, str]]:
     return {"file": ("rx.png", png_bytes(render_reference(DEMO_IMPLANTS[index], 0)), "image/png")}
 
 
+def _client(url: str) -> httpx.Client:
+    key = os.environ["RAIOX_E2E_API_KEY"]
+    return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"})
+
+
 def use(url: str, token: str, state: Path) -> None:
-    with httpx.Client(base_url=url, timeout=60) as client:
+    anonymous = httpx.post(f"{url}/upload", files=_radiograph(5), timeout=60)
+    assert anonymous.status_code == 401, "the API must be closed without a key"
+    with _client(url) as client:
         _healthy(client)
         catalog = _catalog_size(client)
         assert catalog == len(DEMO_IMPLANTS), catalog
@@ -88,7 +98,7 @@ def use(url: str, token: str, state: Path) -> None:
 
 def same(url: str, state: Path) -> None:
     seen = json.loads(state.read_text())
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with _client(url) as client:
         _healthy(client)
         assert _catalog_size(client) == seen["catalog"]
         for submission_id, matches in seen["submissions"].items():

@@ -118,6 +118,10 @@ log "site.yml (version $version)"
 playbook ansible/site.yml -e "appliance_version=$version" >"$work/site1.log" 2>&1 \
   || { tail -40 "$work/site1.log"; fail "site.yml"; }
 token="$(cat "$RAIOX_E2E_ROOT/secrets/webhook_token")"
+# The API is closed by default: the checks use a key made the way an operator makes one.
+RAIOX_E2E_API_KEY="$(compose exec -T api raiox apikey create "e2e-$version" 2>/dev/null | tail -n 1)"
+[ -n "$RAIOX_E2E_API_KEY" ] || fail "raiox apikey create"
+export RAIOX_E2E_API_KEY
 "$venv/bin/python" tests/e2e/checks.py use "$url" "$token" "$state" || fail "the deployed appliance"
 
 log "prometheus targets"
