@@ -15,6 +15,7 @@ from litestar.testing import AsyncTestClient
 from appliance.app import create_app
 from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_reference
 from appliance.catalog.importer import import_catalog, read_manifest, reembed_catalog
+from appliance.catalog.repository import CatalogEmptyError
 from appliance.components import UntrainedModelError, build_components, load_encoder
 from appliance.database import apply_migrations
 from tests.fixtures.appliance import appliance_settings, asgi_client, quiet_progress
@@ -120,6 +121,32 @@ async def test_empty_catalog_is_a_409_with_a_hint_and_stores_nothing(
         health = await client.get("/healthcheck")
         assert health.json()["components"]["database"]["status"] == "degraded"
     assert not any(p.is_file() for p in settings.images_dir.rglob("*"))
+
+
+async def test_a_catalog_loaded_by_another_process_is_seen_at_once(
+    database_url: str, model_dir: Path, tmp_path: Path
+) -> None:
+    """The deploy starts the api, then loads the catalog from another process: the api must
+    not keep answering `catalog_empty` from a cached count."""
+    settings = appliance_settings(database_url, model_dir)
+    serving = await build_components(settings)
+    loading = await build_components(settings)
+    try:
+        with pytest.raises(CatalogEmptyError):
+            await serving.catalog.check_model(serving.encoder.model_id)
+        await import_catalog(
+            read_manifest(write_manifest(tmp_path)),
+            pool=loading.database.pool,
+            catalog=loading.catalog,
+            embedder=loading.embedder,
+            store=loading.store,
+            progress=quiet_progress,
+        )
+        stats = await serving.catalog.check_model(serving.encoder.model_id)
+        assert stats.references == 8
+    finally:
+        await loading.close()
+        await serving.close()
 
 
 async def test_database_down_is_a_503_and_leaves_no_untracked_image(

@@ -131,8 +131,11 @@ class Catalog:
         self._stats_at = 0.0
 
     async def stats(self, *, fresh: bool = False) -> CatalogStats:
-        """Counts, cached briefly: search checks them on every request."""
-        if fresh or self._stats is None or time.monotonic() - self._stats_at > STATS_TTL_SECONDS:
+        """Counts, cached briefly: search checks them on every request. An empty catalog is
+        never cached: it is the state right before an import (or another process's import),
+        and answering "empty" for 30 s after the catalog arrived would refuse good requests."""
+        stale = time.monotonic() - self._stats_at > STATS_TTL_SECONDS
+        if fresh or self._stats is None or not self._stats.references_by_model or stale:
             async with self._pool.acquire() as conn:
                 implants = await conn.fetchval("SELECT count(*) FROM implants")
                 rows = await conn.fetch(
