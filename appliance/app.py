@@ -4,8 +4,9 @@ Postgres)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -18,9 +19,12 @@ from appliance.api.health import HealthController
 from appliance.api.identification import IdentificationController
 from appliance.api.implants import ImplantController
 from appliance.api.intake import IntakeController
+from appliance.api.observability import instrument
 from appliance.api.results import ResultsController
 from appliance.components import Components, open_components
 from appliance.logs import keep_secrets_out_of_logs
+from appliance.metrics import forget_this_process
+from appliance.scrape import sample_pool_forever
 from appliance.settings import Settings
 
 # Room for the multipart envelope and the text fields around the largest accepted image.
@@ -39,9 +43,16 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
         async with open_components(settings) as built:
             built.load_identification()  # a refused model stops the server here
             app.state.components = built
-            yield
+            sampler = asyncio.create_task(sample_pool_forever(built.database.pool))
+            try:
+                yield
+            finally:
+                sampler.cancel()
+                with suppress(asyncio.CancelledError):
+                    await sampler
+        forget_this_process()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             IdentificationController,
             ImplantController,
@@ -54,6 +65,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
         lifespan=[lifespan],
         state=State({"components": components} if components else {}),
         request_max_body_size=settings.limits.max_bytes + MULTIPART_OVERHEAD_BYTES,
+        logging_config=None,  # appliance.logs configures logging (JSON), not Litestar
         openapi_config=OpenAPIConfig(
             title="Raiox appliance",
             version="0.1.0",
@@ -62,3 +74,4 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
     )
+    return instrument(app)

@@ -18,7 +18,7 @@ from appliance.cli.common import fail, load_settings, print_result, with_compone
 from appliance.cli.model import model_app, model_build
 from appliance.cli.submissions import submissions_app
 from appliance.cli.sync import sync_app
-from appliance.logs import configure_logging
+from appliance.logs import LOG_CONFIG
 from appliance.settings import Settings
 
 if TYPE_CHECKING:
@@ -55,9 +55,9 @@ def serve(
     Settings are checked here, then uvicorn replaces this process: the server then holds only
     the app's imports, not the CLI's (the sync worker's botocore alone is ~40 MB)."""
     settings = load_settings()
-    args = [sys.executable, "-m", "uvicorn", "appliance.asgi:app", "--proxy-headers"]
+    args = [sys.executable, "-m", "appliance.server"]
     args += ["--host", host or settings.server.host, "--port", str(port or settings.server.port)]
-    args += ["--workers", str(workers), "--log-level", "info"]
+    args += ["--workers", str(workers)]
     os.execv(sys.executable, args)
 
 
@@ -123,9 +123,12 @@ def _start_server(settings: Settings, port: int) -> tuple[Any, threading.Thread]
 
     from appliance.app import create_app
 
-    configure_logging()
     config = uvicorn.Config(
-        create_app(settings), host=settings.server.host, port=port, log_level="info"
+        create_app(settings),
+        host=settings.server.host,
+        port=port,
+        log_config=LOG_CONFIG,
+        access_log=False,  # appliance.api.observability logs each request
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -62,12 +62,21 @@ def sync(
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         replicator = _replicator(comps)
         logging.getLogger(__name__).info("replication worker %s started", replicator.worker_id)
+        server = None
+        if settings.sync.metrics_port is not None:
+            from appliance.sync import metrics as sync_metrics
+
+            server, _ = sync_metrics.serve(settings.server.host, settings.sync.metrics_port)
+            await sync_metrics.refresh(comps.outbox)
         try:
             await replicator.run_forever(
                 settings.sync.poll_seconds, settings.sync.local_retention_days
             )
         except asyncio.CancelledError:  # SIGTERM: leases of unfinished items simply expire
             logging.getLogger(__name__).info("replication worker stopped")
+        finally:
+            if server is not None:
+                server.shutdown()
 
     with_components(worker, settings)
 
