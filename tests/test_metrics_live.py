@@ -212,7 +212,14 @@ def test_prometheus_counts_what_was_identified(stack: dict[str, Any]) -> None:
         expected = {("upload", "ok"): UPLOADS, ("upload", "invalid"): 1, ("webhook", "ok"): 1}
         return found if nonzero == expected else None
 
-    wait_for(counts, "Prometheus to count the identifications", 60)
+    try:
+        wait_for(counts, "Prometheus to count the identifications", 60)
+    except AssertionError as exc:
+        found = prometheus.query("sum by (source, outcome) (raiox_identifications_total)")
+        targets = prometheus.api("targets")["activeTargets"]
+        health = [(t["labels"]["job"], t["health"], t["lastError"]) for t in targets]
+        tails = {name: stack["procs"].log(name)[-3000:] for name in ("api", "sync")}
+        raise AssertionError(f"{exc}\nfound {found}\ntargets {health}\nlogs {tails}") from None
     uploads_ok = prometheus.query(
         'sum(raiox_http_requests_total{route="/upload", method="POST", status="200"})'
     )
