@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server chromium
 # Installed without recommends (prometheus would pull in a whole web stack otherwise).
 APT_PACKAGES_NO_RECOMMENDS := prometheus
 
-.PHONY: run test test-random lint bench system-deps clean
+.PHONY: run test test-random e2e lint bench system-deps clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,20 +32,25 @@ system-deps:
 	fi
 
 run: $(STAMP)
-	RAIOX_ALLOW_UNTRAINED_MODEL=$${RAIOX_ALLOW_UNTRAINED_MODEL:-1} $(VENV)/bin/raiox demo
+	RAIOX_ALLOW_UNTRAINED_MODEL=$${RAIOX_ALLOW_UNTRAINED_MODEL:-1} \
+	  RAIOX_OPEN_ACCESS=$${RAIOX_OPEN_ACCESS:-1} $(VENV)/bin/raiox demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps lint e2e
 	$(VENV)/bin/pytest -q
 
 # The same suite in a random order (modules and the tests in each); the seed is printed, and
 # `-p random_order --random-order-seed=N` replays it. Every test must pass alone and in any order.
 test-random: $(STAMP) system-deps
 	$(VENV)/bin/pytest -q --random-order
+
+# The deploy test: Docker + the images + the Ansible playbooks on this machine (tests/e2e/deploy.sh).
+e2e: $(STAMP)
+	bash tests/e2e/deploy.sh
 
 bench: $(STAMP)
 	$(PY) tests/bench/model.py

@@ -5,23 +5,28 @@ Postgres)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from appliance.api.access import Access
 from appliance.api.dependencies import DEPENDENCIES
-from appliance.api.errors import exception_handlers
+from appliance.api.docs import OfflineSwaggerUI, swagger_static
+from appliance.api.errors import MULTIPART_PART_LIMIT, exception_handlers
+from appliance.api.headers import security_headers
 from appliance.api.health import HealthController
 from appliance.api.identification import IdentificationController
 from appliance.api.implants import ImplantController
 from appliance.api.intake import IntakeController
 from appliance.api.observability import instrument
+from appliance.api.openapi import COMPONENTS as OPENAPI_COMPONENTS
 from appliance.api.results import ResultsController
 from appliance.components import Components, open_components
+from appliance.doctor import reconcile
 from appliance.logs import keep_secrets_out_of_logs
 from appliance.metrics import forget_this_process
 from appliance.scrape import sample_pool_forever
@@ -29,6 +34,14 @@ from appliance.settings import Settings
 
 # Room for the multipart envelope and the text fields around the largest accepted image.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+log = logging.getLogger(__name__)
+
+
+def _log_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("doctor at start failed: %s", type(task.exception()).__name__)
 
 
 def create_app(settings: Settings, components: Components | None = None) -> Litestar:
@@ -44,9 +57,14 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             built.load_identification()  # a refused model stops the server here
             app.state.components = built
             sampler = asyncio.create_task(sample_pool_forever(built.database.pool))
+            # Reconcile files and rows in the background: a large image folder must not
+            # delay the start (appliance.doctor).
+            doctor = asyncio.create_task(reconcile(built.database.pool, built.store))
+            doctor.add_done_callback(_log_failure)
             try:
                 yield
             finally:
+                doctor.cancel()
                 sampler.cancel()
                 with suppress(asyncio.CancelledError):
                     await sampler
@@ -59,19 +77,26 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             HealthController,
             IntakeController,
             ResultsController,
+            swagger_static(),
         ],
+        before_send=[security_headers],
         dependencies=DEPENDENCIES,
         exception_handlers=exception_handlers(),
         lifespan=[lifespan],
-        state=State({"components": components} if components else {}),
+        state=State(
+            {"access": Access.from_settings(settings)}
+            | ({"components": components} if components else {})
+        ),
         request_max_body_size=settings.limits.max_bytes + MULTIPART_OVERHEAD_BYTES,
         logging_config=None,  # appliance.logs configures logging (JSON), not Litestar
+        multipart_form_part_limit=MULTIPART_PART_LIMIT,
         openapi_config=OpenAPIConfig(
             title="Raiox appliance",
             version="0.1.0",
             description="Identifies the dental implant in a radiograph (CLIP ViT-B/32 int8).",
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[OfflineSwaggerUI()],
+            components=OPENAPI_COMPONENTS,
         ),
     )
     return instrument(app)

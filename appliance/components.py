@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.apikeys import ApiKeys
 from appliance.catalog.repository import Catalog
 from appliance.database import Database
 from appliance.errors import AppError
@@ -124,7 +125,14 @@ class Components:
             ),
             field_map=FieldMap.from_pairs(jotform.field_map),
             jotform_api=api,
+            max_images=jotform.max_images_per_delivery,
+            # A repeat waits about as long as the first delivery may take to download.
+            repeat_wait_s=2 * jotform.download_timeout_seconds,
         )
+
+    @cached_property
+    def api_keys(self) -> ApiKeys:
+        return ApiKeys(self.database.pool)
 
     def load_identification(self) -> None:
         """Build the model's side now (the server does at start: a refused model stops it

@@ -14,16 +14,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from pgvector.asyncpg import register_vector
 
+from appliance import embedded_postgres
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_DATABASE = "raiox"
 # One lock id for "a process is migrating": concurrent starts (several workers) wait in turn.
 MIGRATION_LOCK_ID = 0x5241494F58
 
@@ -79,26 +78,19 @@ class EmbeddedPostgres:
 
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata
-        self._server: Any = None
+        self._started = False
 
     def start(self) -> str:
         """Start (or join) the server and return a URL to the appliance's database."""
-        import pgserver  # imported lazily: production never needs the wheel's binaries
-
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
-        existing = self._server.psql(
-            f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';"
-        )
-        if "(1 row)" not in existing:
-            self._server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
-        return str(self._server.get_uri(database=EMBEDDED_DATABASE))
+        url = embedded_postgres.start(self.pgdata)
+        self._started = True
+        return url
 
     def stop(self) -> None:
-        """Stop the server once the last process using it lets go (pgserver counts handles)."""
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        """Leave the server; the last appliance process to leave stops it."""
+        if self._started:
+            self._started = False
+            embedded_postgres.stop(self.pgdata)
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:

@@ -9,6 +9,7 @@ class AppError(Exception):
 
     status_code: int = 400
     code: str = "bad_request"
+    headers: dict[str, str] | None = None  # sent with the error (WWW-Authenticate, ...)
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)

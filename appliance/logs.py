@@ -8,7 +8,9 @@ request log names the route template, never the path or query (result tokens tra
 the webhook token in the query); messages name ids, counts and error types. `_redact` is the
 net under that: it masks token-like query parameters and URL credentials that reach a message
 through a library's exception text. Where uvicorn's access log is on (a server configured by
-someone else, the tests), `keep_secrets_out_of_logs` masks the tokens in its lines.
+someone else, the tests), `keep_secrets_out_of_logs` masks the tokens in its lines. A flood of
+identical lines (asyncio's accept loop at the descriptor limit, uvicorn's protocol warnings)
+is rate-limited so that a hostile client cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import logging.config
 import re
+import threading
 import time
 from contextvars import ContextVar
 from typing import Any
@@ -89,9 +92,51 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# Loggers that a hostile or broken client can make repeat themselves: asyncio's accept loop
+# ("socket.accept() out of system resource" at the descriptor limit), uvicorn's protocol
+# warnings ("Invalid HTTP request received.", "Exceeded concurrency limit.").
+NOISY_LOGGERS = ("asyncio", "uvicorn.error")
+
+
 def configure_logging() -> None:
     logging.config.dictConfig(LOG_CONFIG)
     keep_secrets_out_of_logs()
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _rate_limit not in logger.filters:
+            logger.addFilter(_rate_limit)
+
+
+class RateLimitFilter(logging.Filter):
+    """At most `burst` records per message template per `window` seconds; the first record of
+    the next window says how many were dropped. A flood stays a few lines a minute."""
+
+    def __init__(self, burst: int = 10, window: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window = window
+        self._lock = threading.Lock()
+        self._state: dict[tuple[str, str], tuple[float, int, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            start, seen, dropped = self._state.get(key, (now, 0, 0))
+            if now - start >= self.window:
+                start, seen = now, 0
+            if seen >= self.burst:
+                self._state[key] = (start, seen, dropped + 1)
+                return False
+            self._state[key] = (start, seen + 1, 0)
+            if len(self._state) > 1000:  # templates are few; never grow without bound
+                self._state.clear()
+        if dropped:
+            record.msg = f"{record.msg} [{dropped} similar messages suppressed]"
+        return True
+
+
+_rate_limit = RateLimitFilter()
 
 
 class _RedactSecrets(logging.Filter):

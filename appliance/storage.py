@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from appliance.errors import AppError
+
+log = logging.getLogger(__name__)
 
 _CLIENT_ID = re.compile(r"^[a-z0-9]{8,64}$")
 _KEY = re.compile(r"^[a-z]+(/[A-Za-z0-9_.-]+)+$")
@@ -88,6 +93,21 @@ class LocalImageStore:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    @asynccontextmanager
+    async def kept_only_if_recorded(self, key: str) -> AsyncIterator[None]:
+        """Around storing an image and recording it: if the block fails (the database is
+        down, the request is cancelled), a file this block created is removed again, so a
+        request answered with an error leaves no untracked patient image behind. A file that
+        was already there belongs to an earlier row and stays."""
+        existed = await asyncio.to_thread(self.exists, key)
+        try:
+            yield
+        except BaseException:
+            if not existed:
+                await asyncio.to_thread(self.path(key).unlink, True)
+                log.info("removed an image whose request failed before it was recorded")
+            raise
 
     def _make_private_dirs(self, folder: Path) -> None:
         """mkdir(parents=True) would give intermediate folders the default mode."""

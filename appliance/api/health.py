@@ -6,6 +6,7 @@ import shutil
 
 import msgspec
 from litestar import Controller, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from appliance import scrape
@@ -31,7 +32,7 @@ class HealthController(Controller):
     @get(
         "/healthcheck",
         summary="Per-component status; 200 while the appliance can identify, else 503",
-        responses={},
+        responses={503: ResponseSpec(HealthOut, description="The appliance cannot identify")},
     )
     async def healthcheck(self, components: Components) -> Response[HealthOut]:
         parts = {
@@ -103,7 +104,14 @@ async def _storage(components: Components) -> ComponentOut:
         replication = f"on, {sync.pending} pending, {len(sync.dead)} dead letters"
         if sync.dead:
             return ComponentOut("degraded", f"replication {replication} (raiox sync status)")
-    if free < 512 * 1024 * 1024:
+    threshold = components.settings.access.min_free_disk_bytes
+    if threshold and free < threshold:
+        return ComponentOut(
+            "down",
+            f"disk full: {free // 2**20} MiB free, below RAIOX_MIN_FREE_DISK_BYTES; new images "
+            f"are refused (507); replication {replication}",
+        )
+    if free < 2 * threshold:
         return ComponentOut(
             "degraded", f"low disk: {free // 2**20} MiB free; replication {replication}"
         )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 
+from appliance.api.access import authenticated_key, require_api_key, require_free_disk
+from appliance.api.openapi import KEY_ERRORS, KEYED, errors
 from appliance.api.schemas import IdentificationOut, ModelOut, identification_out
 from appliance.errors import AppError
 from appliance.identification.identify import Identifier
@@ -39,10 +41,14 @@ def model_out(identifier: Identifier) -> ModelOut:
 
 class IdentificationController(Controller):
     tags = ["identification"]
+    guards = [require_api_key]
 
     @post(
         "/upload",
         status_code=200,
+        security=KEYED,
+        responses=errors(*KEY_ERRORS, 409, 413, 415, 422, 507),
+        guards=[require_free_disk],
         summary="Identify the implant in one radiograph",
         description=(
             "Multipart form with `file` (JPEG, PNG 8/16-bit, TIFF, BMP or WebP) and optional "
@@ -72,16 +78,26 @@ class IdentificationController(Controller):
         )
         return identification_out(submission, model_out(identifier), base_url)
 
-    @get("/submissions/{submission_id:uuid}", summary="A stored identification result")
+    @get(
+        "/submissions/{submission_id:uuid}",
+        summary="A stored identification result (result_url only for API key holders)",
+        security=KEYED,
+        responses=errors(*KEY_ERRORS, 404),
+    )
     async def get_submission(
         self,
+        request: Request[Any, Any, Any],
         submission_id: uuid.UUID,
         submissions: SubmissionRepository,
         identifier: Identifier,
         base_url: str,
     ) -> IdentificationOut:
         submission = await submissions.get(submission_id)
-        return identification_out(submission, model_out(identifier), base_url)
+        out = identification_out(submission, model_out(identifier), base_url)
+        if authenticated_key(request) is None:
+            # Ids show up in logs; the result link (a capability) goes only to key holders.
+            out.result_url = None
+        return out
 
 
 def _clean(value: str | None) -> str | None:

@@ -22,7 +22,9 @@ from litestar.datastructures import UploadFile
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 
+from appliance.api.access import require_free_disk
 from appliance.api.identification import model_out
+from appliance.api.openapi import WEBHOOK, JotformOperation, errors
 from appliance.api.schemas import IdentificationOut, identification_out
 from appliance.errors import AppError
 from appliance.identification.identify import Identifier
@@ -32,9 +34,12 @@ from appliance.intake.jotform import clean_text, read_post
 from appliance.submissions import Source, Submitter
 
 T = TypeVar("T")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+IDEMPOTENCY_KEY = r"^[!-~]{1,200}$"  # printable ASCII, no spaces
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 _running: set[asyncio.Task[Any]] = set()
+
+
+INTAKE_ERRORS = (400, 401, 403, 409, 413, 415, 422, 502, 503, 507)
 
 
 class WebhookUnauthorizedError(AppError):
@@ -81,12 +86,15 @@ def require_webhook_token(
 
 class IntakeController(Controller):
     tags = ["webhooks"]
-    guards = [require_webhook_token]
+    guards = [require_webhook_token, require_free_disk]
 
     @post(
         "/jotform",
         status_code=200,
         summary="Jotform webhook (real Jotform payloads and the prototype's multipart form)",
+        security=WEBHOOK,
+        operation_class=JotformOperation,
+        responses=errors(*INTAKE_ERRORS),
         description=(
             "Point the form's webhook at `/jotform?token=RAIOX_WEBHOOK_TOKEN`. Accepts Jotform's "
             "multipart POST (formID, submissionID, rawRequest with q{N}_{name} answers and "
@@ -119,6 +127,8 @@ class IntakeController(Controller):
         "/webhook",
         status_code=200,
         summary="Generic JSON webhook for other form tools",
+        security=WEBHOOK,
+        responses=errors(*INTAKE_ERRORS),
         description=(
             "JSON with `image_url` / `image_urls` (allowed origins only) or `image_base64`, and "
             "optional nome, email, paciente, dente. Authenticate with `?token=` or "
@@ -132,10 +142,11 @@ class IntakeController(Controller):
         intake: Intake,
         identifier: Identifier,
         base_url: str,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(header="Idempotency-Key", pattern=IDEMPOTENCY_KEY, max_length=200),
+        ] = None,
     ) -> IdentificationOut:
-        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
-            raise InvalidWebhookError("Idempotency-Key must be 1-200 printable ASCII characters.")
         urls = [u for u in (data.image_url, *data.image_urls) if u]
         images = [ImageSource(url=u) for u in urls]
         if data.image_base64:

@@ -22,11 +22,13 @@ from typing import Annotated, Any
 import jinja2
 from litestar import Controller, Request, Response, get
 from litestar.enums import MediaType
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Redirect
 
 from appliance.api.identification import model_out
 from appliance.api.images import image_response
+from appliance.api.openapi import HtmlOrJsonOperation, binary, errors
 from appliance.api.schemas import identification_out, reference_url
 from appliance.components import Components
 from appliance.errors import AppError
@@ -70,6 +72,11 @@ class ResultsController(Controller):
     @get(
         "/results/{token:str}",
         summary="A submission's result for the dentist (HTML; JSON with .json or Accept)",
+        operation_class=HtmlOrJsonOperation,
+        responses={
+            404: ResponseSpec(str, description="No result has this link", media_type="text/html"),
+            **errors(503),
+        },
     )
     async def result(
         self,
@@ -98,6 +105,11 @@ class ResultsController(Controller):
     @get(
         "/results/{token:str}/images/{position:int}",
         summary="The radiograph of a result (a redirect to Spaces if not held locally)",
+        responses={
+            200: binary("image/*", "The radiograph's bytes"),
+            307: ResponseSpec(None, description="A short-lived presigned link to Spaces"),
+            **errors(400, 404, 503),
+        },
     )
     async def radiograph(
         self,
@@ -122,6 +134,13 @@ class ResultsController(Controller):
     @get(
         "/results/jotform/{submission_id:str}",
         summary="Landing for Jotform's thank-you redirect: waits, then redirects to the result",
+        media_type=MediaType.HTML,
+        responses={
+            303: ResponseSpec(None, description="To the result page"),
+            404: ResponseSpec(str, description="Never received", media_type="text/html"),
+            410: ResponseSpec(str, description="The link has expired", media_type="text/html"),
+            **errors(400, 503),
+        },
     )
     async def jotform_landing(
         self,

@@ -56,7 +56,7 @@ class IdentificationOut(msgspec.Struct):
     model: ModelOut
     matches: list[MatchOut]
     images: list[ImageResultOut]
-    result_url: str
+    result_url: str | None  # the result page (a capability): absent for GET /submissions
     error: str | None = None
 
 

@@ -3,7 +3,9 @@ and runs the same use cases, so what works here works behind HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import sys
 import threading
 import time
@@ -12,13 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from appliance.cli.apikey import apikey_app
 from appliance.cli.backup import backup, restore
 from appliance.cli.catalog import catalog_app, catalog_demo
 from appliance.cli.common import fail, load_settings, print_result, with_components
 from appliance.cli.model import model_app, model_build
 from appliance.cli.submissions import submissions_app
 from appliance.cli.sync import sync_app
-from appliance.logs import LOG_CONFIG
+from appliance.logs import configure_logging
 from appliance.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ app.add_typer(submissions_app, name="submissions")
 app.add_typer(sync_app, name="sync")
 app.command()(backup)
 app.command()(restore)
+app.add_typer(apikey_app, name="apikey")
 
 
 @app.command()
@@ -45,14 +49,29 @@ def migrate() -> None:
 
 
 @app.command()
+def doctor() -> None:
+    """Reconcile image files with their rows (also done at every start) and report; exits 1
+    when something needed attention."""
+    from appliance.doctor import reconcile
+
+    report = with_components(lambda comps: reconcile(comps.database.pool, comps.store))
+    for line in report.lines():
+        typer.echo(line)
+    for key in report.rows_without_files[:20]:
+        typer.echo(f"  missing: {key}")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
     workers: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """Serve the HTTP API (uvicorn).
+    """Serve the HTTP API (uvicorn, with connection limits: see appliance.server).
 
-    Settings are checked here, then uvicorn replaces this process: the server then holds only
+    Settings are checked here, then the server replaces this process: it then holds only
     the app's imports, not the CLI's (the sync worker's botocore alone is ~40 MB)."""
     settings = load_settings()
     args = [sys.executable, "-m", "appliance.server"]
@@ -95,8 +114,12 @@ def demo(
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve")] = True,
 ) -> None:
     """Build a random-weight model if none exists, load the demo catalog, serve, and identify
-    a sample radiograph over HTTP. Everything it shows is labelled synthetic/untrained."""
+    a sample radiograph over HTTP. Everything it shows is labelled synthetic/untrained.
+    It serves with open access (no API keys) on its own host, as `make run` sets."""
     settings = load_settings()
+    settings = dataclasses.replace(
+        settings, access=dataclasses.replace(settings.access, open_access=True)
+    )
     if not (settings.model_dir / "manifest.json").is_file():
         typer.secho("No model found: building an UNTRAINED random-weight model.", fg="yellow")
         model_build(out=settings.model_dir, weights="random", fp32=False)
@@ -122,14 +145,10 @@ def _start_server(settings: Settings, port: int) -> tuple[Any, threading.Thread]
     import uvicorn
 
     from appliance.app import create_app
+    from appliance.server import uvicorn_config
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.server.host,
-        port=port,
-        log_config=LOG_CONFIG,
-        access_log=False,  # appliance.api.observability logs each request
-    )
+    configure_logging()
+    config = uvicorn_config(create_app(settings), settings, host=settings.server.host, port=port)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -170,7 +189,15 @@ def _result_out(comps: Any, sub: Any) -> Any:
     return identification_out(sub, model, (comps.settings.server.public_base_url or "").rstrip("/"))
 
 
+def _sigterm_as_ctrl_c(_signum: int, _frame: object) -> None:
+    """SIGTERM (systemd, make, docker stop) gets what Ctrl-C gets: finally blocks and exit
+    handlers run, so the embedded Postgres is left (and stopped by its last user) instead of
+    being orphaned by Python's default of dying on the spot."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
         app()
     except SystemExit as exc:

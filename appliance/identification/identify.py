@@ -200,17 +200,18 @@ class Identifier:
             embedding = await self.embedder.embed(data)  # validates: a bad image stores nothing
             client_id = self.client_id(submitter.dentist_email)
             key = storage_key(source, client_id, embedding.sha256, embedding.extension)
-            stored, matches = await self._keep_and_search(key, data, embedding)
-            with timed("record"):
-                submission = await self.submissions.create_done(
-                    source=source,
-                    submitter=submitter,
-                    client_id=client_id,
-                    stored=stored,
-                    model_id=self.model_id,
-                    model_pretrained=self.model_pretrained,
-                    matches=matches,
-                )
+            async with self.store.kept_only_if_recorded(key):
+                stored, matches = await self._keep_and_search(key, data, embedding)
+                with timed("record"):
+                    submission = await self.submissions.create_done(
+                        source=source,
+                        submitter=submitter,
+                        client_id=client_id,
+                        stored=stored,
+                        model_id=self.model_id,
+                        model_pretrained=self.model_pretrained,
+                        matches=matches,
+                    )
             return submission
 
     async def identify_stored(
@@ -225,10 +226,13 @@ class Identifier:
                 key = storage_key(
                     submission.source, submission.client_id, digest, decoded.extension
                 )
-                with timed("store"):
-                    stored = await self.store.put(key, data, decoded.content_type, sha256=digest)
-                if image.storage_key is None:  # a retry never needs the sender again
-                    await self.submissions.record_stored(image.id, stored)
+                async with self.store.kept_only_if_recorded(key):
+                    with timed("store"):
+                        stored = await self.store.put(
+                            key, data, decoded.content_type, sha256=digest
+                        )
+                    if image.storage_key is None:  # a retry never needs the sender again
+                        await self.submissions.record_stored(image.id, stored)
                 embedding = await self.embedder.embed_decoded(decoded, digest)
                 with timed("search"):
                     matches = await self.catalog.search(embedding.vector, self.model_id, self.top_k)

@@ -136,6 +136,11 @@ class BadDimensionsError(ImageError):
     code = "bad_dimensions"
 
 
+class ImageTooSmallError(ImageError):
+    status_code = 422
+    code = "image_too_small"
+
+
 def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
     """Untrusted bytes -> an 8-bit grayscale or RGB image upright, or an ImageError saying what
     is wrong.
@@ -220,6 +225,11 @@ def _check_dimensions(size: tuple[int, int], limits: ImageLimits) -> None:
     if max(width, height) > limits.max_side:
         raise BadDimensionsError(
             f"The image is {width}x{height} pixels; no side may exceed {limits.max_side}."
+        )
+    if min(width, height) < limits.min_side:
+        raise ImageTooSmallError(
+            f"The image is {width}x{height} pixels; nothing can be seen in a side shorter than "
+            f"{limits.min_side} (RAIOX_MIN_IMAGE_SIDE)."
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise BadDimensionsError(

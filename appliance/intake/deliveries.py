@@ -13,6 +13,7 @@ submission is claimed atomically before it is retried, by a redelivery or by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -43,6 +44,19 @@ class NoImageError(AppError):
 class ImageUnavailableError(AppError):
     status_code = 422
     code = "image_unavailable"
+
+
+class TooManyImagesError(AppError):
+    status_code = 422
+    code = "too_many_images"
+
+
+class DeliveryInProgressError(AppError):
+    """The same delivery (submissionID or Idempotency-Key) is still being processed."""
+
+    status_code = 409
+    code = "delivery_in_progress"
+    retry_after_s = 5
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,11 @@ class Intake:
         downloader: Downloader,
         field_map: FieldMap,
         jotform_api: JotformApi | None = None,
+        max_images: int = 10,
+        repeat_wait_s: float = 30.0,
     ) -> None:
+        self.max_images = max_images
+        self.repeat_wait_s = repeat_wait_s
         self.identifier = identifier
         self.submissions = submissions
         self.store = store
@@ -105,7 +123,8 @@ class Intake:
         )
         if not created:
             if not await self.submissions.reopen(submission.id):
-                return Outcome(submission)  # a repeated delivery: answered with what is stored
+                # A repeated delivery: answered with what is stored, once it is stored.
+                return Outcome(await self._settled(submission))
             submission = await self.submissions.get(submission.id)
         return await self._process(submission, delivery.images, delivery.form_id)
 
@@ -118,11 +137,31 @@ class Intake:
         payload = await self.submissions.payload(submission_id) or {}
         return await self._process(submission, (), payload.get("form_id"))
 
+    async def _settled(self, submission: Submission) -> Submission:
+        """The stored submission once the delivery processing it has finished; a concurrent
+        repeat that outlasts the wait gets a clear 409 rather than a result without matches."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.repeat_wait_s
+        while submission.status == "processing":
+            if loop.time() >= deadline:
+                raise DeliveryInProgressError(
+                    "This delivery is still being processed; repeat it in a few seconds to "
+                    "get the result."
+                )
+            await asyncio.sleep(0.2)
+            submission = await self.submissions.get(submission.id)
+        return submission
+
     def _refuse_early(self, delivery: Delivery) -> None:
         if not delivery.images:
             raise NoImageError(
                 "The submission has no image: attach the radiograph as a file upload "
                 "(Jotform), the `file` part, `image_url` or `image_base64`."
+            )
+        if len(delivery.images) > self.max_images:
+            raise TooManyImagesError(
+                f"The delivery has {len(delivery.images)} images; at most {self.max_images} "
+                "are accepted at once (RAIOX_MAX_IMAGES_PER_DELIVERY)."
             )
         for image in delivery.images:
             if image.url is not None:

@@ -130,6 +130,10 @@ def parse_raw_request(raw: str) -> dict[str, Any]:
         raise MalformedPayloadError(
             f"rawRequest is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
         ) from None
+    except RecursionError:  # 100,000 nested brackets: the parser's stack, not ours, gives up
+        raise MalformedPayloadError("rawRequest nests too deeply to be a form's answers.") from None
+    except ValueError:  # an integer past Python's 4,300-digit conversion limit
+        raise MalformedPayloadError("rawRequest holds a number too long to read.") from None
     if not isinstance(value, dict):
         raise MalformedPayloadError(
             f"rawRequest must be a JSON object of answers, not a JSON {type(value).__name__}."

@@ -5,6 +5,9 @@
 
 Prints one JSON object (keys are read by other tools; do not rename them). Every uncached
 request carries a distinct ~1 MP JPEG; cached requests repeat images already seen.
+`encoder_batch8_images_per_s` is the model alone (tests/bench/encoder_rate.py, measured before
+and after the load while the server idles, median) and `uncached_c16_vs_encoder` the share of
+it that /upload delivers at concurrency 16 (target >= 0.85).
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", type=Path, default=ROOT / "build" / "bench-model")
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch baseline")
     args = parser.parse_args()
     scale = 0.25 if args.quick else 1.0
     ensure_model(args.model_dir)
@@ -159,6 +163,9 @@ def main() -> None:
         "RAIOX_DATA_DIR": str(data_dir),
         "RAIOX_MODEL_DIR": str(args.model_dir),
         "RAIOX_ALLOW_UNTRAINED_MODEL": "1",
+        # the load generator is one trusted client on loopback
+        "RAIOX_OPEN_ACCESS": "1",
+        "RAIOX_RATE_LIMIT_ADDRESS_PER_MINUTE": "0",
     }
     env.pop("RAIOX_DATABASE_URL", None)
     env.pop("RAIOX_REDIS_URL", None)
@@ -172,9 +179,11 @@ def main() -> None:
         stderr=server_log.open("wb"),
     )
     result: dict[str, Any] = {"uncached": {}, "cached": {}}
+    encoder_rates = []
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthcheck", server, server_log)
+        encoder_rates.append(encoder_images_per_s(args.model_dir, env))
         sampler = RssSampler(server.pid)
         sampler.start()
         url = f"{base}/upload"
@@ -194,17 +203,36 @@ def main() -> None:
             result["cached"][str(concurrency)] = stats
         sampler.running = False
         sampler.join()
+        encoder_rates.append(encoder_images_per_s(args.model_dir, env))
         result.update(counts)
         result["server_peak_rss_mb"] = round(sampler.peak / 2**20, 1)
         database_url = _embedded_database_url(data_dir)
     finally:
         server.terminate()
         server.wait(30)
-    result["baseline_torch_fp32"] = {"16": baseline(database_url, env, scale)}
     ours = result["uncached"]["16"]["rps"]
-    theirs = result["baseline_torch_fp32"]["16"]["rps"]
-    result["speedup_vs_torch_rps"] = round(ours / theirs, 2) if theirs else None
+    # The model's own ceiling, measured before and after the load while the server idles.
+    encoder_rate = statistics.median(encoder_rates)
+    result["encoder_batch8_images_per_s"] = round(encoder_rate, 2)
+    result["uncached_c16_vs_encoder"] = round(ours / encoder_rate, 3)
+    if not args.no_torch:
+        result["baseline_torch_fp32"] = {"16": baseline(database_url, env, scale)}
+        theirs = result["baseline_torch_fp32"]["16"]["rps"]
+        result["speedup_vs_torch_rps"] = round(ours / theirs, 2) if theirs else None
     print(json.dumps(result))
+
+
+def encoder_images_per_s(model_dir: Path, env: dict[str, str]) -> float:
+    """In a child process, so the load generator does not carry a second model."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.encoder_rate", str(model_dir)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def _embedded_database_url(data_dir: Path) -> str:

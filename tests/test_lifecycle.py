@@ -1,0 +1,126 @@
+"""The embedded Postgres stops with the last appliance process that uses it, whatever happened
+before: real `raiox serve` / `raiox demo` processes, real signals, the real pgserver."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def postgres_processes(pgdata: Path) -> list[psutil.Process]:
+    """Every `postgres -D <pgdata>` postmaster still running."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and str(pgdata) in cmdline:
+            found.append(proc)
+    return found
+
+
+def wait_gone(pgdata: Path, seconds: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + seconds
+    while (left := postgres_processes(pgdata)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="raiox-test-life-", dir="/tmp"))
+    yield root
+    for proc in postgres_processes((root / "postgres").resolve()):  # only ours, by data dir
+        proc.terminate()
+        proc.wait(10)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def appliance_env(data_dir: Path, model_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env.update(
+        RAIOX_DATA_DIR=str(data_dir),
+        RAIOX_MODEL_DIR=str(model_dir),
+        RAIOX_ALLOW_UNTRAINED_MODEL="1",
+        RAIOX_OPEN_ACCESS="1",
+    )
+    return env
+
+
+def start_serve(data_dir: Path, model_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    with open(data_dir / f"serve-{port}.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "serve", "--port", str(port)],
+            env=appliance_env(data_dir, model_dir),
+            cwd=data_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (data_dir / f"serve-{port}.log").read_text()
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2)
+            return proc
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("raiox serve did not answer within 120 s")
+
+
+def test_sigterm_after_a_sigkilled_server_stops_the_embedded_postgres(
+    data_dir: Path, model_dir: Path
+) -> None:
+    pgdata = (data_dir / "postgres").resolve()
+    first = start_serve(data_dir, model_dir, free_port())
+    first.kill()  # SIGKILL: no lifespan, no exit handlers; its id stays in pgserver's list
+    first.wait(10)
+    assert postgres_processes(pgdata), "precondition: the killed server left Postgres running"
+
+    second = start_serve(data_dir, model_dir, free_port())
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(60) is not None
+
+    assert not wait_gone(pgdata, 15), "SIGTERM left `postgres -D` running"
+
+
+def test_sigterm_of_raiox_demo_stops_the_embedded_postgres(data_dir: Path, model_dir: Path) -> None:
+    pgdata = (data_dir / "postgres").resolve()
+    port = free_port()
+    log = data_dir / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "demo", "--port", str(port)],
+            env=appliance_env(data_dir, model_dir),
+            cwd=data_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "Serving on" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.5)
+        assert postgres_processes(pgdata), "precondition: the demo runs the embedded Postgres"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not wait_gone(pgdata, 15), "SIGTERM of `raiox demo` left `postgres -D` running"
