@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -22,11 +22,14 @@ from appliance.api.health import HealthController
 from appliance.api.identification import IdentificationController
 from appliance.api.implants import ImplantController
 from appliance.api.intake import IntakeController
+from appliance.api.observability import instrument
 from appliance.api.openapi import COMPONENTS as OPENAPI_COMPONENTS
 from appliance.api.results import ResultsController
 from appliance.components import Components, open_components
 from appliance.doctor import reconcile
 from appliance.logs import keep_secrets_out_of_logs
+from appliance.metrics import forget_this_process
+from appliance.scrape import sample_pool_forever
 from appliance.settings import Settings
 
 # Room for the multipart envelope and the text fields around the largest accepted image.
@@ -53,6 +56,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
         async with open_components(settings) as built:
             built.load_identification()  # a refused model stops the server here
             app.state.components = built
+            sampler = asyncio.create_task(sample_pool_forever(built.database.pool))
             # Reconcile files and rows in the background: a large image folder must not
             # delay the start (appliance.doctor).
             doctor = asyncio.create_task(reconcile(built.database.pool, built.store))
@@ -61,8 +65,12 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
                 yield
             finally:
                 doctor.cancel()
+                sampler.cancel()
+                with suppress(asyncio.CancelledError):
+                    await sampler
+        forget_this_process()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             IdentificationController,
             ImplantController,
@@ -80,6 +88,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             | ({"components": components} if components else {})
         ),
         request_max_body_size=settings.limits.max_bytes + MULTIPART_OVERHEAD_BYTES,
+        logging_config=None,  # appliance.logs configures logging (JSON), not Litestar
         multipart_form_part_limit=MULTIPART_PART_LIMIT,
         openapi_config=OpenAPIConfig(
             title="Raiox appliance",
@@ -90,3 +99,4 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             components=OPENAPI_COMPONENTS,
         ),
     )
+    return instrument(app)

@@ -1,13 +1,96 @@
-"""Logging for every entry point (CLI, server process, workers), configured here and only here:
-format and levels, the filter that keeps secrets out of uvicorn's access log, and the one
-that keeps a flood of identical errors from filling the disk."""
+"""JSON logs, one object a line, for every entry point (CLI, server processes, sync worker).
+
+Each line carries the id of the HTTP request it belongs to (`request_id`, also returned as the
+X-Request-ID header), so one request's lines can be found among many workers' lines.
+
+What must never be logged (names, e-mails, tokens, secrets) is kept out at the source: the
+request log names the route template, never the path or query (result tokens travel in paths,
+the webhook token in the query); messages name ids, counts and error types. `_redact` is the
+net under that: it masks token-like query parameters and URL credentials that reach a message
+through a library's exception text. Where uvicorn's access log is on (a server configured by
+someone else, the tests), `keep_secrets_out_of_logs` masks the tokens in its lines. A flood of
+identical lines (asyncio's accept loop at the descriptor limit, uvicorn's protocol warnings)
+is rate-limited so that a hostile client cannot fill the disk.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.config
 import re
 import threading
 import time
+from contextvars import ContextVar
+from typing import Any
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("raiox_request_id", default=None)
+
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",  # uvicorn's copy of the message with terminal colours
+}
+_SECRETS = (
+    (re.compile(r"((?:token|key|secret|signature|password)=)[^&\s\"']+", re.I), r"\1[redacted]"),
+    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1[redacted]@"),  # user:password@host
+    (re.compile(r"/results/(?!jotform/)[^/?\s\"']+"), "/results/[redacted]"),
+)
+
+LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "appliance.logs.JsonFormatter"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+    "loggers": {
+        # uvicorn's own loggers go through the root handler; its access log is replaced by
+        # appliance.api.observability's request line (route template, no path or query).
+        "uvicorn": {"handlers": [], "level": "INFO", "propagate": True},
+        "uvicorn.error": {"handlers": [], "level": "INFO", "propagate": True},
+        "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": True},
+        # pgserver narrates every pg_ctl call; httpx logs full URLs (tokens, file names).
+        "pgserver": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "botocore": {"level": "WARNING"},
+        "aiobotocore": {"level": "WARNING"},
+    },
+}
+
+
+def _redact(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,  # which worker, when several serve
+            "msg": _redact(record.getMessage()),
+        }
+        request_id = REQUEST_ID.get()
+        if request_id:
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value  # fields passed with extra={...}
+        if record.exc_info:
+            entry["exc"] = _redact(self.formatException(record.exc_info))
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
 
 # Loggers that a hostile or broken client can make repeat themselves: asyncio's accept loop
 # ("socket.accept() out of system resource" at the descriptor limit), uvicorn's protocol
@@ -16,10 +99,7 @@ NOISY_LOGGERS = ("asyncio", "uvicorn.error")
 
 
 def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it narrates every pg_ctl call
+    logging.config.dictConfig(LOG_CONFIG)
     keep_secrets_out_of_logs()
     for name in NOISY_LOGGERS:
         logger = logging.getLogger(name)

@@ -10,6 +10,12 @@ one closes the oldest connection that is still waiting for headers, so a flood o
 sockets cannot crowd out a real request. The descriptor soft limit is raised to the hard one,
 and the connection cap stays below it with room for the pool, the model and the logs.
 
+With several workers, each is its own process with its own metrics: they share them through
+PROMETHEUS_MULTIPROC_DIR (appliance.metrics). A directory given in the environment (the api
+image sets one) is emptied first, since values left by a previous run would be added to the
+new ones; with several workers and none given, a temporary one is used. The variable must be
+set before any worker imports prometheus_client, which is why `main` handles it first.
+
 Run as `python -m appliance.server` (what `raiox serve` execs) or through `uvicorn_config`.
 """
 
@@ -18,14 +24,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import resource
+import shutil
+import tempfile
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from appliance.logs import configure_logging
+from appliance.logs import LOG_CONFIG, configure_logging
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,7 @@ log = logging.getLogger(__name__)
 FD_RESERVE = 256
 H11_MAX_HEADER_BYTES = 16 * 1024
 ACCEPT_BACKLOG = FD_RESERVE // 2
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Connections of this process still waiting for a request's headers, oldest first.
 _waiting: OrderedDict[GuardedH11Protocol, None] = OrderedDict()
@@ -105,6 +116,22 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
+def prepare_metrics_dir(workers: int) -> Path | None:
+    """Returns the directory this call created (to remove at exit), if any."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return None
+    if workers > 1:
+        created = Path(tempfile.mkdtemp(prefix="raiox-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(created)
+        return created
+    return None
+
+
 def raise_fd_limit() -> int:
     """Raise the soft descriptor limit to the hard one; returns the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -138,6 +165,8 @@ def uvicorn_config(
         http=GuardedH11Protocol,
         proxy_headers=True,
         log_level="info",
+        log_config=LOG_CONFIG,
+        access_log=False,  # appliance.api.observability logs each request, without its path
         # Idle connections are evicted at `cap`; past it uvicorn answers 503 only while
         # that many requests are actually in flight.
         limit_concurrency=cap + 1,
@@ -168,7 +197,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    serve(Settings.from_env(), host=args.host, port=args.port, workers=args.workers)
+    created = prepare_metrics_dir(args.workers)
+    try:
+        serve(Settings.from_env(), host=args.host, port=args.port, workers=args.workers)
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
 
 
 if __name__ == "__main__":

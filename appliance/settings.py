@@ -123,6 +123,7 @@ class SyncSettings:
     backoff_cap_seconds: float = _var("RAIOX_SYNC_BACKOFF_CAP_SECONDS", 3600.0)
     concurrency: int = _var("RAIOX_SYNC_CONCURRENCY", 4)
     local_retention_days: int | None = _var("RAIOX_LOCAL_RETENTION_DAYS")
+    metrics_port: int | None = _var("RAIOX_SYNC_METRICS_PORT")  # unset: no metrics server
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,9 @@ class Settings:
         _positive(self.encoder, "queue_max")
         _positive(self.sync, "max_attempts", "concurrency", "lease_seconds", "poll_seconds")
         _positive(self.backup, "keep")
+        port = self.sync.metrics_port
+        if port is not None and not 0 < port < 65536:
+            raise SettingsError("RAIOX_SYNC_METRICS_PORT must be a TCP port (1-65535)")
         retention = self.sync.local_retention_days
         if retention is not None and retention < 1:
             raise SettingsError("RAIOX_LOCAL_RETENTION_DAYS must be at least 1 (unset keeps all)")

@@ -7,11 +7,12 @@ import shutil
 import msgspec
 from litestar import Controller, Response, get
 from litestar.openapi.datastructures import ResponseSpec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from appliance import scrape
 from appliance.backup.status import backup_metrics
 from appliance.components import Components
-from appliance.metrics import REGISTRY
+from appliance.metrics import exposition
 
 
 class ComponentOut(msgspec.Struct):
@@ -54,7 +55,8 @@ class HealthController(Controller):
 
     @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
     async def metrics(self, components: Components) -> bytes:
-        return generate_latest(REGISTRY) + backup_metrics(components.settings.backups_dir)
+        await scrape.refresh(components)
+        return exposition() + backup_metrics(components.settings.backups_dir)
 
 
 async def _database(components: Components) -> ComponentOut:

@@ -46,30 +46,61 @@ def sync(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="Drain what is due, then exit")] = False,
 ) -> None:
-    """Run the replication worker (several may run at once; each item is uploaded once)."""
+    """Run the replication worker (several may run at once; each item is uploaded once).
+
+    With replication off and a metrics port set, the worker still runs and exports the local
+    backlog, so Prometheus sees it up and the operator sees what is kept on this disk only."""
     if ctx.invoked_subcommand is not None:
         return
-    settings = _settings(spaces=True)
+    settings = load_settings()
+    idle = not settings.spaces.enabled and settings.sync.metrics_port is not None and not once
+    if not idle:
+        settings = _settings(spaces=True)
     if once:
         result = with_components(lambda c: _replicator(c).run_once(progress=Progress), settings)
         _report_pass(result)
         return
     configure_logging()
+    log = logging.getLogger(__name__)
 
     async def worker(comps: Components) -> None:
         main = asyncio.current_task()
         assert main is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-        replicator = _replicator(comps)
-        logging.getLogger(__name__).info("replication worker %s started", replicator.worker_id)
+        server = None
+        if settings.sync.metrics_port is not None:
+            from appliance.sync import metrics as sync_metrics
+
+            server, _ = sync_metrics.serve(settings.server.host, settings.sync.metrics_port)
+            await sync_metrics.refresh(comps.outbox)
         try:
-            await replicator.run_forever(
-                settings.sync.poll_seconds, settings.sync.local_retention_days
-            )
+            if idle:
+                log.warning("replication is off (no RAIOX_SPACES_*): exporting the backlog only")
+                await _export_backlog_forever(comps, settings.sync.poll_seconds)
+            else:
+                replicator = _replicator(comps)
+                log.info("replication worker %s started", replicator.worker_id)
+                await replicator.run_forever(
+                    settings.sync.poll_seconds, settings.sync.local_retention_days
+                )
         except asyncio.CancelledError:  # SIGTERM: leases of unfinished items simply expire
-            logging.getLogger(__name__).info("replication worker stopped")
+            log.info("replication worker stopped")
+        finally:
+            if server is not None:
+                server.shutdown()
 
     with_components(worker, settings)
+
+
+async def _export_backlog_forever(comps: Components, poll_seconds: float) -> None:
+    from appliance.sync import metrics as sync_metrics
+
+    while True:
+        await asyncio.sleep(max(poll_seconds, 15.0))
+        try:
+            await sync_metrics.refresh(comps.outbox)
+        except Exception as exc:  # the database is away: the next round tries again
+            logging.getLogger(__name__).warning("backlog refresh failed (%s)", type(exc).__name__)
 
 
 def _report_pass(result: PassResult) -> None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class EncoderOverloadedError(ServiceUnavailableError):
 class _Job:
     pixels: np.ndarray
     future: asyncio.Future[np.ndarray]
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class BatchingEncoder:
@@ -73,15 +74,17 @@ class BatchingEncoder:
         """Hold a place in the queue for a whole request, or refuse it at once when full, so
         overload is turned away before anything is decoded or stored."""
         if self._admitted >= self._queue_max:
-            metrics.REJECTED.inc()
+            metrics.REJECTED.labels("queue_full").inc()
             raise EncoderOverloadedError(
                 "The appliance is busy; retry in a moment.", retry_after_s=1
             )
         self._admitted += 1
+        metrics.QUEUE_DEPTH.inc()
         try:
             yield
         finally:
             self._admitted -= 1
+            metrics.QUEUE_DEPTH.dec()
 
     async def embed(self, prepare: Prepare) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -97,7 +100,7 @@ class BatchingEncoder:
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), self._queue_wait)
         except TimeoutError as exc:
-            metrics.REJECTED.inc()
+            metrics.REJECTED.labels("timeout").inc()
             raise EncoderOverloadedError(
                 "The model queue did not clear in time; retry in a moment.", retry_after_s=2
             ) from exc
@@ -124,6 +127,9 @@ class BatchingEncoder:
             live = [job for job in batch if not job.future.done()]
             if not live:
                 continue
+            started = time.perf_counter()
+            for job in live:
+                metrics.STAGE_SECONDS.labels("queue").observe(started - job.queued_at)
             try:
                 vectors = await loop.run_in_executor(
                     self._ort, self._encode, np.stack([job.pixels for job in live])
@@ -135,6 +141,9 @@ class BatchingEncoder:
                         job.future.set_exception(exc)
                 continue
             metrics.BATCH_SIZE.observe(len(live))
+            encoded = time.perf_counter() - started  # each image waited for its whole batch
+            for _ in live:
+                metrics.STAGE_SECONDS.labels("encode").observe(encoded)
             for job, vector in zip(live, vectors, strict=True):
                 if not job.future.done():
                     job.future.set_result(vector)

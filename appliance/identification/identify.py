@@ -20,6 +20,7 @@ from functools import partial
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
 from appliance import metrics
 from appliance.catalog.repository import Catalog, Match
@@ -28,7 +29,7 @@ from appliance.identification.batching import Prepare
 from appliance.identification.cache import EmbeddingCache
 from appliance.identification.imaging import (
     DecodedImage,
-    decode_and_preprocess,
+    PreprocessParams,
     decode_image,
     identify_format,
     preprocess,
@@ -87,6 +88,36 @@ def timed(stage: str) -> Iterator[None]:
         metrics.STAGE_SECONDS.labels(stage).observe(time.perf_counter() - start)
 
 
+def decode_then_preprocess(
+    data: bytes, limits: ImageLimits, params: PreprocessParams
+) -> np.ndarray:
+    """Bytes to model input in one thread hop (the decoded image is freed on return), with
+    each step timed on its own."""
+    with timed("decode"):
+        image = decode_image(data, limits).image
+    return timed_preprocess(image, params)
+
+
+def timed_preprocess(image: Image.Image, params: PreprocessParams) -> np.ndarray:
+    with timed("preprocess"):
+        return preprocess(image, params)
+
+
+@contextmanager
+def counted(source: str) -> Iterator[None]:
+    """One identification's outcome: ok, invalid (its input was refused, 4xx) or error."""
+    try:
+        yield
+    except AppError as exc:
+        outcome = "invalid" if exc.status_code < 500 else "error"
+        metrics.IDENTIFICATIONS.labels(source, outcome).inc()
+        raise
+    except Exception:
+        metrics.IDENTIFICATIONS.labels(source, "error").inc()
+        raise
+    metrics.IDENTIFICATIONS.labels(source, "ok").inc()
+
+
 class Embedder:
     """Bytes to vector, with the cache in front of the model and CPU work off the event loop."""
 
@@ -103,21 +134,20 @@ class Embedder:
         """A cache hit costs a hash and a header read, in one thread hop: those bytes were
         decoded before. The header check also refuses a non-image before the cache is asked."""
         digest, (content_type, extension) = await asyncio.to_thread(self._fingerprint, data)
-        prepare = partial(decode_and_preprocess, data, self.limits)
-        vector = await self._vector(digest, prepare)  # decoding included, on a miss
+        prepare = partial(decode_then_preprocess, data, self.limits)
+        vector = await self._vector(digest, prepare)  # decoded only on a miss
         return Embedding(digest, content_type, extension, vector)
 
     async def embed_decoded(self, decoded: DecodedImage, digest: str) -> Embedding:
         """An image already decoded (and hashed) by the caller."""
-        vector = await self._vector(digest, partial(preprocess, decoded.image))
+        vector = await self._vector(digest, partial(timed_preprocess, decoded.image))
         return Embedding(digest, decoded.content_type, decoded.extension, vector)
 
     async def _vector(self, digest: str, prepare: Prepare) -> np.ndarray:
         with timed("cache"):
             vector = await self.cache.get(self.encoder.model_id, digest)
         if vector is None:
-            with timed("encode"):
-                vector = await self.encoder.embed(prepare)
+            vector = await self.encoder.embed(prepare)  # times its queue and encode stages
             await self.cache.put(self.encoder.model_id, digest, vector)
         return vector
 
@@ -159,6 +189,12 @@ class Identifier:
         self, data: bytes, *, source: Source, submitter: Submitter
     ) -> Submission:
         """One image submitted directly (HTTP upload, CLI): validated before anything is kept."""
+        with counted(source):
+            return await self._identify_upload(data, source=source, submitter=submitter)
+
+    async def _identify_upload(
+        self, data: bytes, *, source: Source, submitter: Submitter
+    ) -> Submission:
         async with self.embedder.encoder.admit():
             await self.catalog.check_model(self.model_id)
             embedding = await self.embedder.embed(data)  # validates: a bad image stores nothing
@@ -176,7 +212,6 @@ class Identifier:
                         model_pretrained=self.model_pretrained,
                         matches=matches,
                     )
-            metrics.IDENTIFICATIONS.labels(source, "ok").inc()
             return submission
 
     async def identify_stored(

@@ -34,6 +34,7 @@ from appliance.database import DB_ERRORS
 from appliance.progress import Progress
 from appliance.settings import SyncSettings
 from appliance.storage import LocalImageStore
+from appliance.sync import metrics as sync_metrics
 from appliance.sync.outbox import Outbox, OutboxItem
 from appliance.sync.spaces import (
     LocalCopyError,
@@ -116,6 +117,7 @@ class Replicator:
             delay = poll_seconds
             try:
                 result = await self.run_once()
+                await sync_metrics.refresh(self._outbox)
                 if result.unavailable:
                     outages += 1
                     delay = max(poll_seconds, backoff(self.policy, outages))
@@ -158,9 +160,11 @@ class Replicator:
             reason = self._spaces.redact(f"{type(exc).__name__}: {exc}")[:300]
             if is_unavailable(exc):
                 result.unavailable = reason
+                sync_metrics.FAILURES.labels("unavailable").inc()
                 await self._release(item, reason)
             else:
                 result.failed += 1
+                sync_metrics.FAILURES.labels("item").inc()
                 await self._failed(item, reason)
             return
         await self._outbox.mark_done(item)
@@ -176,6 +180,8 @@ class Replicator:
         remote = await self._spaces.head(s3, item.storage_key)
         if not matches(remote, item, local):
             raise VerificationError(f"Spaces holds {remote} for {item.storage_key}, not {local}")
+        sync_metrics.UPLOADS.inc()
+        sync_metrics.UPLOADED_BYTES.inc(item.size_bytes)
 
     @asynccontextmanager
     async def _lease_kept(self, item: OutboxItem) -> AsyncIterator[None]:
@@ -199,6 +205,7 @@ class Replicator:
         attempts = item.attempts + 1
         dead = attempts >= self.policy.max_attempts
         if dead:
+            sync_metrics.DEAD_LETTERED.inc()
             log.error("replication of %s gave up after %d attempts", item.storage_key, attempts)
         delay = backoff(self.policy, attempts)
         await self._outbox.mark_failed(item, self.worker_id, attempts, dead, reason, delay)
