@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-APT_PACKAGES := redis-server chromium
+APT_PACKAGES := redis-server chromium chromium-driver
 
 .PHONY: run test test-random e2e lint bench system-deps clean
 

@@ -48,3 +48,10 @@ REJECTED = Counter(
     "Requests refused with 503 because the encoder queue was full or did not clear in time.",
     registry=REGISTRY,
 )
+CONFIRMATIONS = Counter(
+    "raiox_confirmations_total",
+    "Confirmed implants by where the appliance had ranked them: top-1 agreement is "
+    'rank="1" over all, top-3 is rank 1-3 over all.',
+    ["rank", "by"],  # rank: 1/2/3/none; by: dentist/staff
+    registry=REGISTRY,
+)

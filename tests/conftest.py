@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.uploads_server",
     "tests.fixtures.redis",
     "tests.fixtures.s3",
+    "tests.fixtures.admin",
 ]

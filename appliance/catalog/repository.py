@@ -315,6 +315,7 @@ WITH best AS (
 )
 SELECT {_IMPLANT_COLUMNS}, best.reference_id, best.distance
 FROM best JOIN implants i ON i.id = best.implant_id
+WHERE i.archived_at IS NULL
 ORDER BY best.distance, i.id
 LIMIT $3
 """
@@ -333,6 +334,7 @@ WITH candidates AS MATERIALIZED (
 )
 SELECT {_IMPLANT_COLUMNS}, best.reference_id, best.distance
 FROM best JOIN implants i ON i.id = best.implant_id
+WHERE i.archived_at IS NULL
 ORDER BY best.distance, i.id
 LIMIT $3
 """
