@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from appliance.accounts import Accounts
 from appliance.apikeys import ApiKeys
+from appliance.catalog.bulk_import import BulkImport
 from appliance.catalog.curation import Curation
 from appliance.catalog.repository import Catalog
 from appliance.database import Database
@@ -156,6 +157,11 @@ class Components:
     @cached_property
     def feedback(self) -> Feedback:
         return Feedback(self.database.pool, self.catalog, self.embedder, self.store)
+
+    @cached_property
+    def bulk_import(self) -> BulkImport:
+        folder = self.settings.data_dir / "imports"
+        return BulkImport(self.database.pool, self.catalog, self.embedder, self.store, folder)
 
     @cached_property
     def erasure(self) -> Erasure:

@@ -5,11 +5,14 @@ accuracy, erasure down to Spaces, CSV export, and the `raiox admin`/`raiox evalu
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
+import io
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -385,3 +388,59 @@ async def test_evaluate_scores_a_labelled_csv(admin_comps: Components, tmp_path:
     (tmp_path / "bad.csv").write_text("image,implant\n0.png,Nope\n")
     bad = await asyncio.to_thread(_cli, admin_comps, "evaluate", str(tmp_path / "bad.csv"))
     assert bad.returncode == 2 and "Nope" in bad.stderr
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+async def test_bulk_import_of_a_zip_shows_progress_and_refuses_bad_archives(
+    admin_comps: Components,
+) -> None:
+    implant = DEMO_IMPLANTS[25]
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["name", "manufacturer", "type", "diameter_mm", "image"])
+    for v in range(3):
+        writer.writerow([f"Lote {implant.name}", "Importado", implant.type, 4.1, f"img/{v}.png"])
+    csv_text = rows.getvalue()
+    archive = _zip(
+        {"catalog.csv": csv_text.encode()}
+        | {f"img/{v}.png": png_bytes(render_reference(implant, v)) for v in range(3)}
+    )
+    async with asgi_client(admin_comps) as http:
+        token = await sign_in(http, ADMIN)
+        started = await http.post(
+            "/admin/implants/import",
+            data={"csrf_token": token},
+            files={"file": ("catalog.zip", archive, "application/zip")},
+        )
+        assert started.status_code == 303, started.text
+        for _ in range(300):
+            job = await http.get(started.headers["location"])
+            if 'data-state="running"' not in job.text:
+                break
+            assert 'http-equiv="refresh"' in job.text
+            await asyncio.sleep(0.1)
+        assert 'data-state="done"' in job.text and '<span id="import-done">3</span>' in job.text
+        refs = await admin_comps.database.pool.fetchval(
+            "SELECT count(*) FROM reference_images r JOIN implants i ON i.id = r.implant_id "
+            "WHERE i.manufacturer = 'Importado'"
+        )
+        assert refs == 3
+        for bad, why in (
+            (_zip({"catalog.csv": csv_text.encode(), "../escape.png": b"x"}), "Caminho"),
+            (_zip({"other.csv": b"name\n"}), "catalog.csv"),
+            (b"not a zip", "zip"),
+        ):
+            refused = await http.post(
+                "/admin/implants/import",
+                data={"csrf_token": token},
+                files={"file": ("catalog.zip", bad, "application/zip")},
+            )
+            assert refused.status_code == 422 and why in refused.text
+    assert not list((admin_comps.settings.data_dir / "imports").iterdir())

@@ -3,6 +3,8 @@ or delete them, and add or remove their reference images."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
@@ -17,8 +19,15 @@ from appliance.admin.views import InvalidFormError, number, optional, page, see_
 from appliance.catalog.curation import ImplantQuery
 from appliance.catalog.repository import NewImplant
 from appliance.components import Components
+from appliance.errors import AppError
 
 MAX_REFERENCE_BYTES = 25 * 1024 * 1024
+_running: set[asyncio.Task[None]] = set()
+
+
+class ImportNotFoundError(AppError):
+    status_code = 404
+    code = "import_not_found"
 
 
 class CatalogController(Controller):
@@ -61,6 +70,35 @@ class CatalogController(Controller):
         form = await checked_form(request, session)
         implant_id = await components.curation.create(_implant(form), actor=session.user.username)
         return see_other(f"{base_url}/admin/implants/{implant_id}")
+
+    @get("/implants/import")
+    async def import_form(self, session: StaffSession, base_url: str) -> Response[str]:
+        require_admin(session)
+        return page("import.html", session, base_url=base_url, job=None)
+
+    @post("/implants/import")
+    async def start_import(
+        self, request: AnyRequest, session: StaffSession, components: Components, base_url: str
+    ) -> Redirect:
+        form = await checked_form(request, session)
+        require_admin(session)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidFormError("Escolha um arquivo .zip.")
+        archive = await upload.read()
+        job_id, task = await components.bulk_import.start(archive, actor=session.user.username)
+        _running.add(task)  # kept alive until it ends
+        task.add_done_callback(_running.discard)
+        return see_other(f"{base_url}/admin/imports/{job_id}")
+
+    @get("/imports/{job_id:uuid}")
+    async def import_job(
+        self, job_id: uuid.UUID, session: StaffSession, components: Components, base_url: str
+    ) -> Response[str]:
+        job = await components.bulk_import.job(job_id)
+        if job is None:
+            raise ImportNotFoundError("No such import.")
+        return page("import.html", session, base_url=base_url, job=job)
 
     @get("/implants/{implant_id:int}")
     async def implant(

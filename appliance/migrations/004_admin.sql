@@ -58,3 +58,15 @@ CREATE TABLE pending_erasures (
     last_error text,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Catalog imports started from the console (a CSV/JSON manifest + images in a zip), with
+-- their progress, so any worker process can show it.
+CREATE TABLE import_jobs (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    started_by text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    state text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done', 'failed')),
+    total integer NOT NULL DEFAULT 0,
+    done integer NOT NULL DEFAULT 0,
+    message text
+);
