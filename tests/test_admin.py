@@ -148,7 +148,13 @@ async def test_curation_adds_searchable_references_and_archives_used_implants(
     await curation.restore(implant_id, actor=ADMIN)
 
     unused = await curation.create(NewImplant("Sem uso", "Novo", ""), actor=ADMIN)
+    await curation.add_reference(
+        unused, png_bytes(render_reference(DEMO_IMPLANTS[21], 0)), actor=ADMIN
+    )
+    unused_key = (await curation.detail(unused)).references[0].storage_key
+    assert admin_comps.store.path(unused_key).exists()
     assert await curation.remove(unused, actor=ADMIN) == "deleted"
+    assert not admin_comps.store.path(unused_key).exists()
     assert (
         await admin_comps.database.pool.fetchval(
             "SELECT count(*) FROM implants WHERE id = $1", unused

@@ -35,6 +35,11 @@ class ImplantExistsError(AppError):
     code = "implant_exists"
 
 
+class ReferenceNotFoundError(AppError):
+    status_code = 404
+    code = "reference_not_found"
+
+
 class InvalidImplantError(AppError):
     status_code = 422
     code = "invalid_implant"
@@ -181,10 +186,17 @@ class Curation:
                     implant_id,
                 )
                 outcome = "archived"
+                keys = []
             else:
+                keys = await conn.fetch(
+                    "DELETE FROM reference_images WHERE implant_id = $1 RETURNING storage_key",
+                    implant_id,
+                )
                 await conn.execute("DELETE FROM implants WHERE id = $1", implant_id)
                 outcome = "deleted"
             await record(conn, actor, f"implant.{outcome}", f"implant:{implant_id}", dict(row))
+        for key in {r["storage_key"] for r in keys}:
+            await self._unlink_unused(key)
         await self._catalog.stats(fresh=True)
         return outcome
 
@@ -216,9 +228,6 @@ class Curation:
             )
             if row is None:
                 raise ReferenceNotFoundError(f"No reference image with id {reference_id}.")
-            shared = await conn.fetchval(
-                "SELECT count(*) FROM reference_images WHERE storage_key = $1", row["storage_key"]
-            )
             await record(
                 conn,
                 actor,
@@ -226,15 +235,16 @@ class Curation:
                 f"implant:{row['implant_id']}",
                 {"ref": reference_id},
             )
-        if not shared:
-            self._store.path(row["storage_key"]).unlink(missing_ok=True)
+        await self._unlink_unused(row["storage_key"])
         await self._catalog.stats(fresh=True)
         return int(row["implant_id"])
 
-
-class ReferenceNotFoundError(AppError):
-    status_code = 404
-    code = "reference_not_found"
+    async def _unlink_unused(self, key: str) -> None:
+        """Keys are content addresses: another implant's reference may hold the same bytes."""
+        if not await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM reference_images WHERE storage_key = $1)", key
+        ):
+            self._store.path(key).unlink(missing_ok=True)
 
 
 _USED_BY = (
