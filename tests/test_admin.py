@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -29,7 +28,7 @@ from appliance.metrics import CONFIRMATIONS
 from appliance.settings import ServerSettings, SpacesSettings
 from appliance.submissions import Submitter
 from tests.fixtures.admin import ADMIN, PASSWORD, STAFF, admin_components, csrf_of, sign_in
-from tests.fixtures.appliance import asgi_client
+from tests.fixtures.appliance import asgi_client, variant
 from tests.fixtures.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
 # Implants beyond the 8 the fixture loads: never in the catalog unless a test adds them.
@@ -115,20 +114,19 @@ async def test_console_refuses_without_session_csrf_or_role(admin_comps: Compone
 
 async def test_cookie_is_secure_behind_tls(admin_comps: Components) -> None:
     server = ServerSettings(public_base_url="https://raiox.example")
-    settings = dataclasses.replace(admin_comps.settings, server=server)
-    comps = dataclasses.replace(admin_comps, settings=settings)
-    transport = httpx.ASGITransport(app=create_app(settings, comps))
-    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as http:
-        login = await http.get("/admin/login")
-        response = await http.post(
-            "/admin/login",
-            data={"csrf_token": csrf_of(login.text), "username": ADMIN, "password": PASSWORD},
-        )
-        set_cookie = response.headers["set-cookie"].lower()
-        assert response.status_code == 303
-        assert response.headers["location"] == "https://raiox.example/admin"
-        for flag in ("httponly", "secure", "samesite=strict", "path=/admin"):
-            assert flag in set_cookie
+    async with variant(admin_comps, server=server) as comps:
+        transport = httpx.ASGITransport(app=create_app(comps.settings, comps))
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as http:
+            login = await http.get("/admin/login")
+            response = await http.post(
+                "/admin/login",
+                data={"csrf_token": csrf_of(login.text), "username": ADMIN, "password": PASSWORD},
+            )
+            set_cookie = response.headers["set-cookie"].lower()
+            assert response.status_code == 303
+            assert response.headers["location"] == "https://raiox.example/admin"
+            for flag in ("httponly", "secure", "samesite=strict", "path=/admin"):
+                assert flag in set_cookie
 
 
 async def test_curation_adds_searchable_references_and_archives_used_implants(
