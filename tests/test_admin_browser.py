@@ -113,6 +113,7 @@ def browser() -> Iterator[Any]:
             options.add_argument(arg)
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
         driver.set_page_load_timeout(120)
+        driver.implicitly_wait(20)  # a form post's next page may still be loading
         try:
             yield driver
         finally:
@@ -144,6 +145,7 @@ def _sign_in(driver: Any, site: Site, username: str, password: str = PASSWORD) -
 
 def _accuracy(driver: Any, site: Site) -> tuple[str, str]:
     driver.get(f"{site.base}/admin/")
+    assert _all(driver, "#accuracy-n"), driver.page_source[:1500]
     return _css(driver, "#accuracy-n").text, _css(driver, "#accuracy-top1").text
 
 
@@ -174,7 +176,7 @@ async def test_admin_feedback_loop_in_chromium(site: Site, browser: Any) -> None
         _css(driver, "#manufacturer").send_keys("Fabricante Teste")
         _css(driver, "#diameter_mm").send_keys("4,1")
         _css(driver, "#save-implant").click()
-        assert "/admin/implants/" in driver.current_url
+        _css(driver, "#references")  # the new implant's page has loaded
         implant_id = int(driver.current_url.rsplit("/", 1)[-1])
         _css(driver, "#reference-file").send_keys(str(reference))
         _css(driver, "#add-reference").click()
@@ -206,7 +208,7 @@ async def test_admin_feedback_loop_in_chromium(site: Site, browser: Any) -> None
         driver.get(f"{site.base}/admin/submissions/{body['submission_id']}")
         assert _css(driver, "p.label").get_attribute("data-implant") == str(known_id)
         _css(driver, "button.promote").click()
-        assert _all(driver, "p.promoted")
+        assert _all(driver, "p.promoted"), driver.page_source[-3000:]
         again = site.upload(sample)
         assert again["matches"][0]["implant"]["id"] == known_id
         driver.get(site.url(again["result_url"]))
@@ -234,6 +236,7 @@ async def test_admin_feedback_loop_in_chromium(site: Site, browser: Any) -> None
         )
         _css(driver, "#notes").send_keys("sem token")
         _css(driver, "#save-implant").click()
+        assert _all(driver, "#error"), driver.page_source[:3000]
         assert _css(driver, "#error").get_attribute("data-error") == "csrf_failed"
 
         # an expired session leads back to sign-in, and nothing is changed
@@ -253,7 +256,7 @@ async def test_admin_feedback_loop_in_chromium(site: Site, browser: Any) -> None
         assert not _all(driver, "#erase")
 
         _css(driver, "#sign-out").click()
-        assert driver.current_url.endswith("/admin/login")
+        _css(driver, "#sign-in")  # the sign-in page has loaded
         driver.get(f"{site.base}/admin/")
         assert driver.current_url.endswith("/admin/login")
 
