@@ -13,6 +13,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
 
+from appliance.admin import admin_router
 from appliance.api.access import Access
 from appliance.api.dependencies import DEPENDENCIES
 from appliance.api.docs import OfflineSwaggerUI, swagger_static
@@ -78,6 +79,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             IntakeController,
             ResultsController,
             swagger_static(),
+            admin_router(),
         ],
         before_send=[security_headers],
         dependencies=DEPENDENCIES,

@@ -11,6 +11,7 @@ only what would identify with it. The app builds them at start (`load_identifica
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import secrets
@@ -20,10 +21,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.accounts import Accounts
 from appliance.apikeys import ApiKeys
+from appliance.catalog.bulk_import import BulkImport
+from appliance.catalog.curation import Curation
 from appliance.catalog.repository import Catalog
 from appliance.database import Database
+from appliance.erasure import Erasure
 from appliance.errors import AppError
+from appliance.feedback import Feedback
 from appliance.settings import Settings
 from appliance.storage import ImageReader, LocalImageStore
 from appliance.submissions import SubmissionRepository
@@ -133,6 +139,33 @@ class Components:
     @cached_property
     def api_keys(self) -> ApiKeys:
         return ApiKeys(self.database.pool)
+
+    # The staff console's use cases. Accounts need no model; the others embed images.
+    @cached_property
+    def accounts(self) -> Accounts:
+        secret = load_or_create_secret(self.settings.data_dir / "client-id.key")
+        return Accounts(
+            self.database.pool,
+            signing_key=hmac.new(secret, b"admin-session", "sha256").digest(),
+            session_minutes=self.settings.admin.session_minutes,
+        )
+
+    @cached_property
+    def curation(self) -> Curation:
+        return Curation(self.database.pool, self.catalog, self.embedder, self.store)
+
+    @cached_property
+    def feedback(self) -> Feedback:
+        return Feedback(self.database.pool, self.catalog, self.embedder, self.store)
+
+    @cached_property
+    def bulk_import(self) -> BulkImport:
+        folder = self.settings.data_dir / "imports"
+        return BulkImport(self.database.pool, self.catalog, self.embedder, self.store, folder)
+
+    @cached_property
+    def erasure(self) -> Erasure:
+        return Erasure(self.database.pool, self.store, self.spaces)
 
     def load_identification(self) -> None:
         """Build the model's side now (the server does at start: a refused model stops it

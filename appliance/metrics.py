@@ -128,6 +128,13 @@ DB_POOL_MAX = Gauge(
     multiprocess_mode="livesum",
     registry=REGISTRY,
 )
+CONFIRMATIONS = Counter(
+    "raiox_confirmations_total",
+    "Confirmed implants by where the appliance had ranked them: top-1 agreement is "
+    'rank="1" over all, top-3 is rank 1-3 over all.',
+    ["rank", "by"],  # rank: 1/2/3/none; by: dentist/staff
+    registry=REGISTRY,
+)
 # raiox_backup_last_success_timestamp_seconds: appliance.backup.status, read from latest.json
 # at scrape time and appended to /metrics.
 
@@ -141,6 +148,9 @@ for _reason in ("queue_full", "timeout"):
 for _backend in ("redis", "memory"):
     for _result in ("hit", "miss", "error"):
         CACHE_LOOKUPS.labels(_backend, _result)
+for _rank in ("1", "2", "3", "none"):
+    for _by in ("dentist", "staff"):
+        CONFIRMATIONS.labels(_rank, _by)
 
 
 def app_version() -> str:

@@ -162,6 +162,11 @@ class ServerSettings:
     header_timeout_seconds: float = _var("RAIOX_HEADER_TIMEOUT_SECONDS", 10.0)
     keepalive_timeout_seconds: float = _var("RAIOX_KEEPALIVE_TIMEOUT_SECONDS", 5.0)
 
+    @property
+    def behind_tls(self) -> bool:
+        """Cookies get the Secure flag when the appliance is reached over https."""
+        return (self.public_base_url or "").startswith("https://")
+
 
 @dataclass(frozen=True)
 class AccessSettings:
@@ -172,6 +177,13 @@ class AccessSettings:
     rate_limit_key_per_minute: int = _var("RAIOX_RATE_LIMIT_KEY_PER_MINUTE", 120)
     rate_limit_address_per_minute: int = _var("RAIOX_RATE_LIMIT_ADDRESS_PER_MINUTE", 120)
     min_free_disk_bytes: int = _var("RAIOX_MIN_FREE_DISK_BYTES", 1024 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The staff console (/admin)."""
+
+    session_minutes: int = _var("RAIOX_ADMIN_SESSION_MINUTES", 8 * 60)
 
 
 @dataclass(frozen=True)
@@ -192,6 +204,7 @@ class Settings:
     jotform: JotformSettings = field(default_factory=JotformSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @property
     def images_dir(self) -> Path:
@@ -229,6 +242,7 @@ class Settings:
             raise SettingsError("RAIOX_MIN_FREE_DISK_BYTES must be 0 (off) or positive")
         _positive(self.catalog, "top_k")
         _positive(self.encoder, "queue_max")
+        _positive(self.admin, "session_minutes")
         _positive(self.sync, "max_attempts", "concurrency", "lease_seconds", "poll_seconds")
         _positive(self.backup, "keep")
         port = self.sync.metrics_port

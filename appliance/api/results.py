@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import jinja2
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, get, post
 from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
@@ -32,6 +32,7 @@ from appliance.api.openapi import HtmlOrJsonOperation, binary, errors
 from appliance.api.schemas import identification_out, reference_url
 from appliance.components import Components
 from appliance.errors import AppError
+from appliance.feedback import LabelRefusedError
 from appliance.identification.identify import Identifier
 from appliance.intake.fields import JOTFORM_ID
 from appliance.submissions import (
@@ -52,7 +53,7 @@ PRIVATE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": (
         "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     ),
 }
 
@@ -84,6 +85,7 @@ class ResultsController(Controller):
         request: Request[Any, Any, Any],
         submissions: SubmissionRepository,
         identifier: Identifier,
+        components: Components,
         base_url: str,
     ) -> Response[Any]:
         as_json = token.endswith(".json")
@@ -100,7 +102,44 @@ class ResultsController(Controller):
             return Response(body, media_type=MediaType.JSON, headers=PRIVATE_HEADERS)
         if submission is None:
             return _page(404, state="not_found", title="resultado não encontrado")
-        return _page(200, **_result_view(submission, token, identifier, base_url))
+        view = _result_view(submission, token, identifier, base_url)
+        return _page(200, **view, **await _feedback_view(components, submission))
+
+    @post(
+        "/results/{token:str}/feedback",
+        summary="The dentist confirms the implant of a result's radiograph (form post)",
+        status_code=303,
+    )
+    async def feedback(
+        self,
+        token: str,
+        request: Request[Any, Any, Any],
+        submissions: SubmissionRepository,
+        identifier: Identifier,
+        components: Components,
+        base_url: str,
+    ) -> Response[Any]:
+        """The result link is the only key: whoever holds it may say which implant it is."""
+        submission = await _by_token(submissions, token)
+        if submission is None:
+            return _page(404, state="not_found", title="resultado não encontrado")
+        form = await request.form()
+        position, implant_id = form.get("position"), form.get("implant_id")
+        try:
+            if not (isinstance(position, str) and position.isdigit()):
+                raise ResultNotFoundError("No such image.")
+            if not (isinstance(implant_id, str) and implant_id.isdigit()):
+                raise LabelRefusedError("Escolha o implante.")
+            await components.feedback.confirm_by_token(token, int(position), int(implant_id))
+        except AppError as exc:
+            view = _result_view(submission, token, identifier, base_url)
+            extra = await _feedback_view(components, submission)
+            return _page(exc.status_code, **view, **extra, feedback_error=exc.detail)
+        return Redirect(
+            f"{base_url}/results/{token}?confirmado=1#radiografia-{position}",
+            status_code=303,
+            headers=PRIVATE_HEADERS,
+        )
 
     @get(
         "/results/{token:str}/images/{position:int}",
@@ -182,6 +221,17 @@ def _page(http_status: int, **context: Any) -> Response[str]:
     )
 
 
+async def _feedback_view(components: Components, submission: Submission) -> dict[str, Any]:
+    """What the dentist already confirmed per image, and the implants to pick from."""
+    if submission.status != "done":
+        return {"labels": {}, "options": []}
+    labels = await components.feedback.labels(submission.id)
+    return {
+        "labels": {image.position: labels.get(image.id) for image in submission.images},
+        "options": await components.curation.options(),
+    }
+
+
 def _result_view(
     submission: Submission, token: str, identifier: Identifier, base_url: str
 ) -> dict[str, Any]:
@@ -199,6 +249,7 @@ def _result_view(
             "matches": [
                 {
                     "rank": m.rank,
+                    "implant_id": m.implant.id,
                     "name": m.implant.name,
                     "manufacturer": m.implant.manufacturer,
                     "type": m.implant.type,
@@ -222,4 +273,5 @@ def _result_view(
         "synthetic": any(m.implant.synthetic for i in submission.images for m in i.matches),
         "images": images,
         "refresh": {"seconds": REFRESH_SECONDS, "url": ""} if processing else None,
+        "feedback_url": f"{base_url}/results/{token}/feedback",
     }

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from appliance.audit import record
 from appliance.catalog.repository import Catalog, NewImplant
 from appliance.errors import AppError
 from appliance.identification.batching import EncoderOverloadedError
@@ -142,7 +143,7 @@ async def import_catalog(
             if await catalog.reference_model(implant_id, sha256_hex(data)) == model_id:
                 counts["skipped"] += 1
             else:
-                await _add_reference(pool, catalog, embedder, store, implant_id, data)
+                await add_reference_image(pool, catalog, embedder, store, implant_id, data)
                 counts["embedded"] += 1
             bar.advance(note=name)
 
@@ -158,19 +159,23 @@ async def import_catalog(
     return ImportReport(len(specs), counts["embedded"], counts["skipped"])
 
 
-async def _add_reference(
+async def add_reference_image(
     pool: asyncpg.Pool,
     catalog: Catalog,
     embedder: Embedder,
     store: LocalImageStore,
     implant_id: int,
     data: bytes,
-) -> None:
+    *,
+    actor: str | None = None,
+) -> int:
+    """Embed, keep and record one reference image (queued for Spaces); searchable at once.
+    With `actor`, the audit log records who added it, in the same transaction."""
     embedding = await _embed_patiently(embedder, data)
     key = reference_key(embedding.sha256, embedding.extension)
     stored = await store.put(key, data, embedding.content_type, sha256=embedding.sha256)
     async with pool.acquire() as conn, conn.transaction():
-        await catalog.add_reference(
+        ref_id = await catalog.add_reference(
             conn,
             implant_id=implant_id,
             storage_key=stored.key,
@@ -179,6 +184,9 @@ async def _add_reference(
             embedding=embedding.vector,
         )
         await outbox.enqueue(conn, stored)
+        if actor is not None:
+            await record(conn, actor, "reference.add", f"implant:{implant_id}", {"ref": ref_id})
+    return ref_id
 
 
 async def _embed_patiently(embedder: Embedder, data: bytes) -> Embedding:

@@ -318,6 +318,7 @@ WITH best AS (
 )
 SELECT {_IMPLANT_COLUMNS}, best.reference_id, best.distance
 FROM best JOIN implants i ON i.id = best.implant_id
+WHERE i.archived_at IS NULL
 ORDER BY best.distance, i.id
 LIMIT $3
 """
@@ -336,6 +337,7 @@ WITH candidates AS MATERIALIZED (
 )
 SELECT {_IMPLANT_COLUMNS}, best.reference_id, best.distance
 FROM best JOIN implants i ON i.id = best.implant_id
+WHERE i.archived_at IS NULL
 ORDER BY best.distance, i.id
 LIMIT $3
 """

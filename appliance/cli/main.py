@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from appliance.cli.admin import admin_app, evaluate
 from appliance.cli.apikey import apikey_app
 from appliance.cli.backup import backup, restore
 from appliance.cli.catalog import catalog_app, catalog_demo
@@ -35,6 +36,8 @@ app.add_typer(sync_app, name="sync")
 app.command()(backup)
 app.command()(restore)
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(admin_app, name="admin")
+app.command("evaluate")(evaluate)
 
 
 @app.command()

@@ -31,6 +31,21 @@ async def enqueue(conn: asyncpg.Connection, obj: StoredObject) -> None:
     await conn.execute(statement, obj.key, obj.sha256, obj.size, obj.content_type)
 
 
+async def uploading(conn: asyncpg.Connection, keys: Sequence[str]) -> int:
+    """How many of `keys` a worker is uploading right now (leased, lease not run out)."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM outbox WHERE storage_key = ANY($1::text[]) AND state = 'pending' "
+        "AND lease_owner IS NOT NULL AND next_attempt_at > now()",
+        list(keys),
+    )
+    return count
+
+
+async def forget(conn: asyncpg.Connection, keys: Sequence[str]) -> None:
+    """Stop replicating `keys` (their images were erased), inside the caller's transaction."""
+    await conn.execute("DELETE FROM outbox WHERE storage_key = ANY($1::text[])", list(keys))
+
+
 @dataclass(frozen=True)
 class OutboxItem:
     id: int

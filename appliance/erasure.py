@@ -1,0 +1,148 @@
+"""Erasing a submission: health data goes for good, from the database, the local disk and
+Spaces, and the audit log says who erased what and when (never whose data it was).
+
+The database rows go first, in one transaction that also records every image key still to
+delete in Spaces; then the local files; then the Spaces copies. An unreachable Spaces leaves
+its keys in `pending_erasures`, retried by the next erasure or from the console, so no copy
+is forgotten. An image whose bytes another submission or a reference still uses (keys are
+content addresses) keeps its file. A radiograph promoted to a reference image is erased with
+its reference. An image being uploaded to Spaces right now is not erased until the upload
+ends (the worker would re-create the object after the delete).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from appliance.audit import record
+from appliance.errors import AppError
+from appliance.storage import LocalImageStore
+from appliance.submissions import SubmissionNotFoundError
+from appliance.sync import outbox
+
+if TYPE_CHECKING:  # boto3 loads only when Spaces is configured
+    from appliance.sync.spaces import SpacesClient
+
+log = logging.getLogger(__name__)
+
+
+class ErasureBusyError(AppError):
+    status_code = 409
+    code = "erasure_busy"
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    images: int
+    local_files: int
+    remote_pending: int  # Spaces copies still to delete (Spaces unreachable)
+
+
+class Erasure:
+    def __init__(
+        self, pool: asyncpg.Pool, store: LocalImageStore, spaces: SpacesClient | None
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._spaces = spaces
+
+    async def erase(self, submission_id: uuid.UUID, *, actor: str) -> ErasureReport:
+        async with self._pool.acquire() as conn, conn.transaction():
+            keys, images = await self._delete_rows(conn, submission_id)
+            await record(
+                conn, actor, "submission.erase", f"submission:{submission_id}", {"images": images}
+            )
+        removed = 0
+        for key in keys:
+            path = self._store.path(key)
+            if path.is_file():
+                path.unlink()
+                removed += 1
+        pending = await self.retry_remote()
+        return ErasureReport(images, removed, pending)
+
+    async def pending(self) -> int:
+        count: int = await self._pool.fetchval("SELECT count(*) FROM pending_erasures")
+        return count
+
+    async def retry_remote(self) -> int:
+        """Delete the Spaces copies still pending; returns how many remain."""
+        keys = [r["storage_key"] for r in await self._pool.fetch(_PENDING)]
+        if keys and self._spaces is not None:
+            await self._delete_remote(self._spaces, keys)
+        return await self.pending()
+
+    async def _delete_rows(
+        self, conn: asyncpg.Connection, submission_id: uuid.UUID
+    ) -> tuple[list[str], int]:
+        found = await conn.fetchval(
+            "SELECT id FROM submissions WHERE id = $1 FOR UPDATE", submission_id
+        )
+        if found is None:
+            raise SubmissionNotFoundError("No such submission.")
+        rows = await conn.fetch(
+            "SELECT si.storage_key, l.promoted_reference_id FROM submission_images si "
+            "LEFT JOIN image_labels l ON l.submission_image_id = si.id "
+            "WHERE si.submission_id = $1",
+            submission_id,
+        )
+        promoted = [r["promoted_reference_id"] for r in rows if r["promoted_reference_id"]]
+        ref_keys = await conn.fetch(
+            "DELETE FROM reference_images WHERE id = ANY($1::bigint[]) RETURNING storage_key",
+            promoted,
+        )
+        await conn.execute("DELETE FROM submissions WHERE id = $1", submission_id)
+        keys = {r["storage_key"] for r in rows if r["storage_key"]}
+        keys |= {r["storage_key"] for r in ref_keys}
+        unused = [key for key in sorted(keys) if not await _still_used(conn, key)]
+        if await outbox.uploading(conn, unused):
+            raise ErasureBusyError(
+                "An image of this submission is being copied to Spaces right now; "
+                "erase it again in a minute."
+            )
+        await outbox.forget(conn, unused)
+        if self._spaces is None:
+            return unused, len(rows)  # nothing was replicated
+        await conn.executemany(
+            "INSERT INTO pending_erasures (storage_key) VALUES ($1) ON CONFLICT DO NOTHING",
+            [(key,) for key in unused],
+        )
+        return unused, len(rows)
+
+    async def _delete_remote(self, spaces: SpacesClient, keys: list[str]) -> None:
+        from appliance.sync.spaces import is_unavailable  # botocore on demand
+
+        async with spaces.client() as s3:
+            for key in keys:
+                try:
+                    await s3.delete_object(Bucket=spaces.bucket, Key=key)
+                except Exception as exc:
+                    reason = spaces.redact(f"{type(exc).__name__}: {exc}")[:500]
+                    await self._pool.execute(
+                        "UPDATE pending_erasures SET attempts = attempts + 1, last_error = $2 "
+                        "WHERE storage_key = $1",
+                        key,
+                        reason,
+                    )
+                    log.warning("could not delete an erased image from Spaces: %s", reason)
+                    if is_unavailable(exc):
+                        return
+                    continue
+                await self._pool.execute("DELETE FROM pending_erasures WHERE storage_key = $1", key)
+
+
+async def _still_used(conn: asyncpg.Connection, key: str) -> bool:
+    used: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM submission_images WHERE storage_key = $1) "
+        "OR EXISTS (SELECT 1 FROM reference_images WHERE storage_key = $1)",
+        key,
+    )
+    return used
+
+
+_PENDING = "SELECT storage_key FROM pending_erasures ORDER BY created_at LIMIT 1000"
