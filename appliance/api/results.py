@@ -109,6 +109,19 @@ class ResultsController(Controller):
         "/results/{token:str}/feedback",
         summary="The dentist confirms the implant of a result's radiograph (form post)",
         status_code=303,
+        responses={
+            404: ResponseSpec(
+                str,
+                description="No result has this link, or no such radiograph",
+                media_type="text/html",
+            ),
+            409: ResponseSpec(
+                str,
+                description="Label refused (not identified, implant not in the catalog)",
+                media_type="text/html",
+            ),
+            **errors(400, 413, 503),
+        },
     )
     async def feedback(
         self,
