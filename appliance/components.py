@@ -220,6 +220,7 @@ def load_encoder(settings: Settings) -> Encoder:
         settings.model_dir,
         intra_op_threads=settings.encoder.intra_op_threads,
         inter_op_threads=settings.encoder.inter_op_threads,
+        execution_provider=settings.encoder.execution_provider,
     )
     if not encoder.pretrained and not settings.allow_untrained_model:
         raise UntrainedModelError(

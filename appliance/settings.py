@@ -70,6 +70,8 @@ class EncoderSettings:
     batch_max_wait_ms: float = _var("RAIOX_BATCH_MAX_WAIT_MS", 2.0)
     queue_max: int = _var("RAIOX_QUEUE_MAX", 64)
     queue_wait_seconds: float = _var("RAIOX_QUEUE_WAIT_SECONDS", 10.0)
+    # cpu (the int8 graph) or cuda (the fp16 graph of `raiox model build --precision fp16`).
+    execution_provider: str = _var("RAIOX_EXECUTION_PROVIDER", "cpu")
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,8 @@ class Settings:
         e = self.encoder
         if e.batch_max_size < 1 or e.intra_op_threads < 1 or e.inter_op_threads < 1:
             raise SettingsError("RAIOX_BATCH_MAX_SIZE and thread counts must be at least 1")
+        if e.execution_provider not in ("cpu", "cuda"):
+            raise SettingsError("RAIOX_EXECUTION_PROVIDER must be cpu or cuda")
         s = self.spaces
         spaces = (s.endpoint, s.bucket, s.access_key, s.secret_key)
         if any(spaces) and not all(spaces):

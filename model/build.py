@@ -1,4 +1,5 @@
-"""`raiox model build`: CLIP ViT-B/32's image tower -> ONNX fp32 -> int8, plus manifest.json.
+"""`raiox model build`: CLIP ViT-B/32's image tower -> ONNX fp32 -> int8 (and, for GPUs, fp16),
+plus manifest.json.
 
 Build time only (torch, open_clip, onnx). The directory appears complete or not at all: it is
 assembled in a hidden sibling directory and renamed into place, and any failure removes it.
@@ -37,16 +38,20 @@ from model.export import (
     export_image_tower,
     load_clip,
 )
+from model.fp16 import SAFE_CPU_OPTIMIZATION, convert_fp16
 from model.quantize import quantize_int8
 
 __all__ = ["BuildError", "WeightsUnavailableError", "build_model"]
 
 MODEL_FILE = "model.onnx"
 FP32_FILE = "model.fp32.onnx"
+FP16_FILE = "model.fp16.onnx"
 # ONNX fp32 against open_clip torch, max |difference| of unit vectors; more means a bad export.
 EXPORT_TOLERANCE = 1e-4
 # What int8 should reach against fp32 (a warning, not a failure: the operator decides).
 PARITY_MEAN, PARITY_MIN = 0.999, 0.995
+# fp16 rounds, it does not quantize: anything below this is a broken conversion.
+FP16_PARITY_MIN = 0.999
 
 
 class BuildError(RuntimeError):
@@ -58,12 +63,14 @@ def build_model(
     out_dir: Path,
     *,
     keep_fp32: bool = True,
+    fp16: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     quick_gelu: bool = True,
 ) -> ModelManifest:
     """Build a model directory from `weights`: "openai", "random" (seeded; offline tests and
     demos) or a local open_clip checkpoint file. An existing model directory is replaced.
+    `fp16` also writes the graph a GPU runs (RAIOX_EXECUTION_PROVIDER=cuda).
 
     `quick_gelu` must match the weights: True for OpenAI's (and checkpoints fine-tuned from
     them), False for most LAION ones. Random builds use it too so they run the production graph.
@@ -78,7 +85,7 @@ def build_model(
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
         manifest = _build_in(
-            work, clip, keep_fp32=keep_fp32, seed=seed, quick_gelu=quick_gelu, say=say
+            work, clip, keep_fp32=keep_fp32, fp16=fp16, seed=seed, quick_gelu=quick_gelu, say=say
         )
         _install(work, out_dir)
     except BaseException:
@@ -93,6 +100,7 @@ def _build_in(
     clip: LoadedClip,
     *,
     keep_fp32: bool,
+    fp16: bool,
     seed: int,
     quick_gelu: bool,
     say: Callable[[str], None],
@@ -111,6 +119,7 @@ def _build_in(
     )
     if figures.cosine_mean < PARITY_MEAN or figures.cosine_min < PARITY_MIN:
         say(f"WARNING: int8 parity below cosine mean {PARITY_MEAN} / min {PARITY_MIN}")
+    fp16_parity = _build_fp16(fp32_path, work / FP16_FILE, say) if fp16 else None
     fp32_sha = file_sha256(fp32_path) if keep_fp32 else None
     if not keep_fp32:
         fp32_path.unlink()
@@ -132,6 +141,9 @@ def _build_in(
         opset=OPSET,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         versions={name: version(dist) for name, dist in _VERSIONED.items()},
+        fp16_file=FP16_FILE if fp16 else None,
+        fp16_sha256=file_sha256(work / FP16_FILE) if fp16 else None,
+        fp16_parity=fp16_parity,
     )
     manifest.write(work)
     return manifest
@@ -143,6 +155,19 @@ _VERSIONED = {
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
 }
+
+
+def _build_fp16(fp32_path: Path, fp16_path: Path, say: Callable[[str], None]) -> Parity:
+    say("converting to fp16 (GPU graph)")
+    convert_fp16(fp32_path, fp16_path)
+    pixels = preprocess_batch(synthetic_images(), PreprocessParams())
+    figures = parity(
+        run_graph(fp32_path, pixels), run_graph(fp16_path, pixels, level=SAFE_CPU_OPTIMIZATION)
+    )
+    say(f"fp16 parity: cosine mean {figures.cosine_mean:.5f}, min {figures.cosine_min:.5f}")
+    if figures.cosine_min < FP16_PARITY_MIN:
+        raise BuildError(f"fp16 graph differs from fp32 (cosine min {figures.cosine_min:.5f})")
+    return figures
 
 
 def _check_export(clip: LoadedClip, fp32_path: Path) -> None:
@@ -163,10 +188,16 @@ def measure_parity(fp32_path: Path, int8_path: Path, params: PreprocessParams) -
     return parity(run_graph(fp32_path, pixels), run_graph(int8_path, pixels))
 
 
-def run_graph(path: Path, pixels: np.ndarray, batch: int = 8) -> np.ndarray:
+def run_graph(
+    path: Path,
+    pixels: np.ndarray,
+    batch: int = 8,
+    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+) -> np.ndarray:
     """Embed with a bare session: at build time there is no manifest to load an Encoder from."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.graph_optimization_level = level
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     chunks = [
         session.run(None, {INPUT_NAME: pixels[i : i + batch].astype(np.float32)})[0]

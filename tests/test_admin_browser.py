@@ -213,6 +213,8 @@ async def test_admin_feedback_loop_in_chromium(site: Site, browser: Any) -> None
         assert again["matches"][0]["implant"]["id"] == known_id
         driver.get(site.url(again["result_url"]))
         _css(driver, 'li.match[data-rank="1"] .confirm-match').click()
+        # wait for the confirmation's page: navigating away first races the form's post
+        assert _css(driver, "p.confirmed").get_attribute("data-implant") == str(known_id)
         n, top1 = _accuracy(driver, site)
         assert n == "3" and top1 == ("100.0%" if proposed_first else "66.7%")
 

@@ -48,6 +48,8 @@ class HealthController(Controller):
             model={
                 "id": components.encoder.model_id,
                 "pretrained": components.encoder.pretrained,
+                "graph": components.encoder.graph,
+                "execution_provider": components.encoder.execution_provider,
             },
             components=parts,
         )
@@ -79,9 +81,16 @@ async def _database(components: Components) -> ComponentOut:
 
 def _model(components: Components) -> ComponentOut:
     encoder = components.encoder
+    runs_on = f"{encoder.graph} on {encoder.execution_provider.upper()}"
+    if encoder.execution_provider != encoder.requested_provider:
+        return ComponentOut(
+            "degraded",
+            f"loaded; {runs_on}: RAIOX_EXECUTION_PROVIDER={encoder.requested_provider} is not "
+            "available to onnxruntime (slow, same answers)",
+        )
     if not encoder.pretrained:
-        return ComponentOut("ok", "loaded; UNTRAINED random weights (demo/test only)")
-    return ComponentOut("ok", f"loaded; {encoder.manifest.architecture} int8")
+        return ComponentOut("ok", f"loaded; {runs_on}; UNTRAINED random weights (demo/test only)")
+    return ComponentOut("ok", f"loaded; {encoder.manifest.architecture} {runs_on}")
 
 
 async def _cache(components: Components) -> ComponentOut:

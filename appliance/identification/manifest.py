@@ -69,6 +69,11 @@ class ModelManifest:
     opset: int
     created_at: str  # ISO 8601, UTC
     versions: dict[str, str]
+    # The fp16 graph for GPUs (`raiox model build --precision fp16`); absent in CPU-only builds
+    # and in manifests written before it existed.
+    fp16_file: str | None = None
+    fp16_sha256: str | None = None
+    fp16_parity: Parity | None = None  # fp16 against fp32, same image set as `parity`
 
     @property
     def preprocess_params(self) -> PreprocessParams:
@@ -104,6 +109,8 @@ class ModelManifest:
         quant["op_types"] = tuple(quant["op_types"])
         fields["quantization"] = Quantization(**quant)
         fields["parity"] = Parity(**data["parity"])
+        if data.get("fp16_parity") is not None:
+            fields["fp16_parity"] = Parity(**data["fp16_parity"])
         fields["versions"] = {str(k): str(v) for k, v in data["versions"].items()}
         return cls(**fields)
 
@@ -139,17 +146,26 @@ def format_manifest(m: ModelManifest) -> str:
     )
     q, p, pre = m.quantization, m.parity, m.preprocess
     fp32 = f"{m.fp32_file} (fp32)" if m.fp32_file else "no fp32 graph kept"
+    fp16 = f", {m.fp16_file} (fp16)" if m.fp16_file else ""
     lines = [
         *banner,
         f"model id      {m.model_id}",
         f"architecture  {m.architecture} ({m.activation}), {m.embedding_dim}-d output",
         f"weights       {m.weights}" + (f" (seed {m.seed})" if m.seed is not None else ""),
         f"pretrained    {'yes' if m.pretrained else 'NO'}",
-        f"files         {m.model_file} (int8), {fp32}",
+        f"files         {m.model_file} (int8), {fp32}{fp16}",
         f"quantization  {q.method} {q.weight_type}, per_channel={q.per_channel}, "
         f"reduce_range={q.reduce_range}",
         f"parity        cosine int8/fp32 mean {p.cosine_mean:.5f} min {p.cosine_min:.5f}, "
         f"nearest-neighbour agreement {p.nn_agreement:.3f} over {p.images} images",
+        *(
+            [
+                f"fp16 parity   cosine fp16/fp32 mean {m.fp16_parity.cosine_mean:.5f} "
+                f"min {m.fp16_parity.cosine_min:.5f}"
+            ]
+            if m.fp16_parity
+            else []
+        ),
         f"preprocess    {pre.image_size}px {pre.interpolation}, resize {pre.resize_mode}",
         f"onnx opset    {m.opset}",
         f"created       {m.created_at}",
