@@ -31,7 +31,7 @@ HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 @pytest.fixture(scope="module")
 def pixels() -> np.ndarray:
-    return preprocess_batch(synthetic_images(16, seed=77), PreprocessParams())
+    return preprocess_batch(synthetic_images(4, seed=77), PreprocessParams())
 
 
 @pytest.fixture(scope="module")
