@@ -113,7 +113,17 @@ async def server_url(settings: Settings) -> AsyncIterator[str]:
     try:
         yield url
     finally:
+        await stop_embedded(embedded)
+
+
+async def stop_embedded(embedded: EmbeddedPostgres) -> None:
+    """Stop the embedded server off the event loop, or on it when the loop's thread pool is
+    already gone: Ctrl-C in `raiox demo` runs the app's shutdown after asyncio.run has shut its
+    executor down, and the server must still stop."""
+    try:
         await asyncio.to_thread(embedded.stop)
+    except RuntimeError:  # "cannot schedule new futures after shutdown"
+        embedded.stop()
 
 
 class Database:
@@ -148,7 +158,7 @@ class Database:
             )
         except BaseException:
             if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
+                await stop_embedded(embedded)
             raise
         assert pool is not None
         return cls(pool, embedded)
@@ -156,7 +166,7 @@ class Database:
     async def close(self) -> None:
         await self.pool.close()
         if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
+            await stop_embedded(self._embedded)
 
     async def ping(self) -> str | None:
         """None when the database answers, else a short reason (never the URL)."""

@@ -100,7 +100,8 @@ def test_sigterm_after_a_sigkilled_server_stops_the_embedded_postgres(
     assert not wait_gone(pgdata, 15), "SIGTERM left `postgres -D` running"
 
 
-def test_sigterm_of_raiox_demo_stops_the_embedded_postgres(data_dir: Path, model_dir: Path) -> None:
+def test_ctrl_c_of_raiox_demo_stops_the_embedded_postgres(data_dir: Path, model_dir: Path) -> None:
+    """Ctrl-C (SIGINT), as `make run` users stop it; `raiox serve` is stopped with SIGTERM above."""
     pgdata = (data_dir / "postgres").resolve()
     port = free_port()
     log = data_dir / "demo.log"
@@ -118,9 +119,10 @@ def test_sigterm_of_raiox_demo_stops_the_embedded_postgres(data_dir: Path, model
             assert proc.poll() is None, log.read_text()
             time.sleep(0.5)
         assert postgres_processes(pgdata), "precondition: the demo runs the embedded Postgres"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
         proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not wait_gone(pgdata, 15), "SIGTERM of `raiox demo` left `postgres -D` running"
+    assert not wait_gone(pgdata, 15), "Ctrl-C of `raiox demo` left `postgres -D` running"
+    assert "shutdown failed" not in log.read_text(), log.read_text()[-2000:]
