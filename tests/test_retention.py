@@ -8,11 +8,13 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client import generate_latest
@@ -31,6 +33,7 @@ from appliance.sync import metrics as sync_metrics
 from appliance.sync.worker import Replicator
 from tests.fixtures.admin import ADMIN, STAFF, admin_components, sign_in
 from tests.fixtures.appliance import asgi_client
+from tests.fixtures.live_server import free_port
 from tests.fixtures.s3 import ACCESS_KEY, SECRET_KEY, S3Server
 
 DAYS = 30
@@ -388,17 +391,53 @@ async def test_the_api_process_runs_it_periodically(comps: Components) -> None:
     assert "raiox_retention_last_run_timestamp_seconds 0.0" not in scraped
 
 
-async def cli(comps: Components, *args: str, **env: str) -> tuple[int, str, str]:
-    """`raiox ...` in a process of its own: (exit code, stdout, stderr)."""
-    settings = comps.settings
-    environment = {
-        "PATH": os.environ.get("PATH", ""),
-        "RAIOX_DATA_DIR": str(settings.data_dir),
-        "RAIOX_DATABASE_URL": str(settings.database_url),
-        **env,
+async def test_the_sync_worker_runs_it_and_exports_the_counts(comps: Components) -> None:
+    """`raiox sync` (the stack's long-lived worker, here without Spaces: exporting only) runs
+    the retention too, and its /metrics shows what it erased."""
+    old = await upload(comps, radiograph(13))
+    await age(comps, old)
+    port = free_port()
+    env = {
+        **base_env(comps),
+        "RAIOX_RETENTION_DAYS": str(DAYS),
+        "RAIOX_SYNC_METRICS_PORT": str(port),
+        "RAIOX_HOST": "127.0.0.1",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "appliance", *args, env=environment, cwd=str(settings.data_dir),
+        sys.executable, "-m", "appliance", "sync", env=env, cwd=str(comps.settings.data_dir),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        finished = "SELECT last_finished_at FROM retention_state"
+        for _ in range(300):
+            if await comps.database.pool.fetchval(finished) is not None:
+                break
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient() as http:
+            scraped = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await proc.communicate()
+    assert (await row(comps, old))["patient_name"] is None
+    assert "raiox_retention_erased_submissions_total 1.0" in scraped
+    assert "raiox_retention_erased_images_total 1.0" in scraped
+    logged = [json.loads(line) for line in err.decode().splitlines() if '"retention"' in line]
+    assert [entry["retention"]["submissions"] for entry in logged] == [1]
+
+
+def base_env(comps: Components) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "RAIOX_DATA_DIR": str(comps.settings.data_dir),
+        "RAIOX_DATABASE_URL": str(comps.settings.database_url),
+    }
+
+
+async def cli(comps: Components, *args: str, **env: str) -> tuple[int, str, str]:
+    """`raiox ...` in a process of its own: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "appliance", *args, env={**base_env(comps), **env},
+        cwd=str(comps.settings.data_dir),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await proc.communicate()
