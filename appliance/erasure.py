@@ -7,7 +7,8 @@ its keys in `pending_erasures`, retried by the next erasure or from the console,
 is forgotten. An image whose bytes another submission or a reference still uses (keys are
 content addresses) keeps its file. A radiograph promoted to a reference image is erased with
 its reference. An image being uploaded to Spaces right now is not erased until the upload
-ends (the worker would re-create the object after the delete).
+ends (the worker would re-create the object after the delete). appliance.retention applies
+the same rules (the functions below) to the images of old submissions.
 """
 
 from __future__ import annotations
