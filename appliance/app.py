@@ -1,6 +1,7 @@
 """create_app(settings) -> Litestar. The lifespan opens the components (appliance.components,
 the composition root) once per process and closes them on shutdown (including the embedded
-Postgres)."""
+Postgres), and runs the process's background work: pool gauges, the reconciliation at start,
+and the patient-data retention when it is on (appliance.retention)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from appliance.components import Components, open_components
 from appliance.doctor import reconcile
 from appliance.logs import keep_secrets_out_of_logs
 from appliance.metrics import forget_this_process
+from appliance.retention import retention_forever
 from appliance.scrape import sample_pool_forever
 from appliance.settings import Settings
 
@@ -62,13 +64,18 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             # delay the start (appliance.doctor).
             doctor = asyncio.create_task(reconcile(built.database.pool, built.store))
             doctor.add_done_callback(_log_failure)
+            background = [sampler]
+            if settings.retention.enabled:  # once an hour among all processes that run it
+                days = settings.retention.days
+                background.append(asyncio.create_task(retention_forever(built.retention, days)))
             try:
                 yield
             finally:
                 doctor.cancel()
-                sampler.cancel()
-                with suppress(asyncio.CancelledError):
-                    await sampler
+                for task in background:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
         forget_this_process()
 
     app = Litestar(

@@ -30,6 +30,7 @@ from appliance.database import Database
 from appliance.erasure import Erasure
 from appliance.errors import AppError
 from appliance.feedback import Feedback
+from appliance.retention import Retention
 from appliance.settings import Settings
 from appliance.storage import ImageReader, LocalImageStore
 from appliance.submissions import SubmissionRepository
@@ -166,6 +167,10 @@ class Components:
     @cached_property
     def erasure(self) -> Erasure:
         return Erasure(self.database.pool, self.store, self.spaces)
+
+    @cached_property
+    def retention(self) -> Retention:
+        return Retention(self.database.pool, self.store, self.erasure)
 
     def load_identification(self) -> None:
         """Build the model's side now (the server does at start: a refused model stops it

@@ -7,13 +7,16 @@ its keys in `pending_erasures`, retried by the next erasure or from the console,
 is forgotten. An image whose bytes another submission or a reference still uses (keys are
 content addresses) keeps its file. A radiograph promoted to a reference image is erased with
 its reference. An image being uploaded to Spaces right now is not erased until the upload
-ends (the worker would re-create the object after the delete).
+ends (the worker would re-create the object after the delete). appliance.retention applies
+the same rules (the functions below) to the images of old submissions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,14 +60,14 @@ class Erasure:
             await record(
                 conn, actor, "submission.erase", f"submission:{submission_id}", {"images": images}
             )
-        removed = 0
-        for key in keys:
-            path = self._store.path(key)
-            if path.is_file():
-                path.unlink()
-                removed += 1
+        removed = await remove_local_files(self._store, keys)
         pending = await self.retry_remote()
         return ErasureReport(images, removed, pending)
+
+    @property
+    def replicated(self) -> bool:
+        """Whether images have Spaces copies to delete (Spaces is configured)."""
+        return self._spaces is not None
 
     async def pending(self) -> int:
         count: int = await self._pool.fetchval("SELECT count(*) FROM pending_erasures")
@@ -99,19 +102,15 @@ class Erasure:
         await conn.execute("DELETE FROM submissions WHERE id = $1", submission_id)
         keys = {r["storage_key"] for r in rows if r["storage_key"]}
         keys |= {r["storage_key"] for r in ref_keys}
-        unused = [key for key in sorted(keys) if not await _still_used(conn, key)]
-        if await outbox.uploading(conn, unused):
+        unused = await unused_keys(conn, keys)
+        if await outbox.lock_uploading(conn, unused):
             raise ErasureBusyError(
                 "An image of this submission is being copied to Spaces right now; "
                 "erase it again in a minute."
             )
         await outbox.forget(conn, unused)
-        if self._spaces is None:
-            return unused, len(rows)  # nothing was replicated
-        await conn.executemany(
-            "INSERT INTO pending_erasures (storage_key) VALUES ($1) ON CONFLICT DO NOTHING",
-            [(key,) for key in unused],
-        )
+        if self._spaces is not None:  # else nothing was replicated
+            await remember_remote(conn, unused)
         return unused, len(rows)
 
     async def _delete_remote(self, spaces: SpacesClient, keys: list[str]) -> None:
@@ -136,13 +135,40 @@ class Erasure:
                 await self._pool.execute("DELETE FROM pending_erasures WHERE storage_key = $1", key)
 
 
-async def _still_used(conn: asyncpg.Connection, key: str) -> bool:
-    used: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM submission_images WHERE storage_key = $1) "
-        "OR EXISTS (SELECT 1 FROM reference_images WHERE storage_key = $1)",
-        key,
+async def unused_keys(conn: asyncpg.Connection, keys: Iterable[str]) -> list[str]:
+    """Of `keys` (their rows already deleted or cleared), those no submission image and no
+    reference uses any more: keys are content addresses, so the same bytes may be shared."""
+    rows = await conn.fetch(
+        "SELECT k FROM unnest($1::text[]) AS k WHERE NOT EXISTS (SELECT 1 FROM "
+        "submission_images WHERE storage_key = k) AND NOT EXISTS (SELECT 1 FROM "
+        "reference_images WHERE storage_key = k) ORDER BY k",
+        sorted(set(keys)),
     )
-    return used
+    return [r["k"] for r in rows]
+
+
+async def remember_remote(conn: asyncpg.Connection, keys: Sequence[str]) -> None:
+    """Record Spaces copies to delete, in the transaction that erased their rows, so a copy
+    is never forgotten whatever happens to Spaces or this process afterwards."""
+    await conn.executemany(
+        "INSERT INTO pending_erasures (storage_key) VALUES ($1) ON CONFLICT DO NOTHING",
+        [(key,) for key in keys],
+    )
+
+
+async def remove_local_files(store: LocalImageStore, keys: Iterable[str]) -> int:
+    """Delete the local copies of `keys`; returns how many were there."""
+
+    def remove() -> int:
+        removed = 0
+        for key in keys:
+            path = store.path(key)
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    return await asyncio.to_thread(remove)
 
 
 _PENDING = "SELECT storage_key FROM pending_erasures ORDER BY created_at LIMIT 1000"

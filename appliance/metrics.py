@@ -135,6 +135,24 @@ CONFIRMATIONS = Counter(
     ["rank", "by"],  # rank: 1/2/3/none; by: dentist/staff
     registry=REGISTRY,
 )
+# --- patient-data retention (appliance.retention; the sync worker exports them too) ---
+RETENTION_SUBMISSIONS = Counter(
+    "raiox_retention_erased_submissions_total",
+    "Submissions whose personal data the retention erased.",
+    registry=REGISTRY,
+)
+RETENTION_IMAGES = Counter(
+    "raiox_retention_erased_images_total",
+    "Images of those submissions erased (local file and Spaces copy, unless shared).",
+    registry=REGISTRY,
+)
+RETENTION_LAST_RUN = Gauge(
+    "raiox_retention_last_run_timestamp_seconds",
+    "When a retention run last finished, by any process (0: never, or retention off).",
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
+RETENTION_METRICS = (RETENTION_SUBMISSIONS, RETENTION_IMAGES, RETENTION_LAST_RUN)
 # raiox_backup_last_success_timestamp_seconds: appliance.backup.status, read from latest.json
 # at scrape time and appended to /metrics.
 

@@ -1,5 +1,6 @@
-"""Gauges of state the appliance does not change itself (catalog size, the model, the pool):
-read when Prometheus scrapes, so they are exact then and cost nothing between scrapes."""
+"""Gauges of state the appliance does not change itself (catalog size, the model, the pool, the
+last retention run by any process): read when Prometheus scrapes, so they are exact then and
+cost nothing between scrapes."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ async def refresh(components: Components) -> None:
     observe_pool(components.database.pool)
     try:
         stats = await components.catalog.stats()
+        await components.retention.refresh_metrics()  # whichever process ran it last
     except Exception as exc:  # the database being down must not take /metrics down with it
         log.warning("catalog size unavailable for metrics: %s", type(exc).__name__)
         return

@@ -129,6 +129,19 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """Patient-data retention (appliance.retention): the personal data of submissions older
+    than `days` is erased, locally and in Spaces. 0 keeps everything (the default): how long
+    clinical records must be kept is the clinic's decision, not the appliance's."""
+
+    days: int = _var("RAIOX_RETENTION_DAYS", 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.days > 0
+
+
+@dataclass(frozen=True)
 class BackupSettings:
     """`raiox backup`: where backups are written and how many are kept."""
 
@@ -202,6 +215,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     spaces: SpacesSettings = field(default_factory=SpacesSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
     jotform: JotformSettings = field(default_factory=JotformSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -253,6 +267,8 @@ class Settings:
         retention = self.sync.local_retention_days
         if retention is not None and retention < 1:
             raise SettingsError("RAIOX_LOCAL_RETENTION_DAYS must be at least 1 (unset keeps all)")
+        if self.retention.days < 0:
+            raise SettingsError("RAIOX_RETENTION_DAYS must be 0 (off) or a number of days")
         e = self.encoder
         if e.batch_max_size < 1 or e.intra_op_threads < 1 or e.inter_op_threads < 1:
             raise SettingsError("RAIOX_BATCH_MAX_SIZE and thread counts must be at least 1")

@@ -83,6 +83,8 @@ class Submission:
     tooth: str | None
     created_at: datetime
     images: list[SubmissionImage]
+    # Set when the retention erased its personal data and images (appliance.retention).
+    personal_data_erased_at: datetime | None = None
 
 
 def client_id_for(email: str | None, secret: bytes) -> str | None:
@@ -240,11 +242,13 @@ class SubmissionRepository:
 
     async def reopen(self, submission_id: uuid.UUID, stale_after_s: float = 600.0) -> bool:
         """Claim a failed submission (or one left 'processing' by a crash) for another try;
-        False when another delivery or retry holds it, so no two ever process it at once."""
+        False when another delivery or retry holds it, so no two ever process it at once, or
+        when the retention erased its images (nothing is left to process)."""
         claimed = await self._pool.fetchval(
             "UPDATE submissions SET status = 'processing', error = NULL, updated_at = now() "
-            "WHERE id = $1 AND (status = 'failed' OR (status = 'processing' "
-            "AND updated_at < now() - make_interval(secs => $2))) RETURNING id",
+            "WHERE id = $1 AND personal_data_erased_at IS NULL AND (status = 'failed' OR "
+            "(status = 'processing' AND updated_at < now() - make_interval(secs => $2))) "
+            "RETURNING id",
             submission_id,
             stale_after_s,
         )
@@ -269,7 +273,8 @@ class SubmissionRepository:
 
     async def failed_ids(self) -> list[uuid.UUID]:
         rows = await self._pool.fetch(
-            "SELECT id FROM submissions WHERE status = 'failed' ORDER BY created_at"
+            "SELECT id FROM submissions WHERE status = 'failed' "
+            "AND personal_data_erased_at IS NULL ORDER BY created_at"
         )
         return [r["id"] for r in rows]
 
@@ -282,7 +287,7 @@ class SubmissionRepository:
     async def _load(self, conn: asyncpg.Connection, where: str, value: Any) -> Submission:
         row = await conn.fetchrow(
             "SELECT id, source, external_id, result_token, client_id, status, error, tooth, "
-            f"created_at FROM submissions s WHERE {where}",
+            f"created_at, personal_data_erased_at FROM submissions s WHERE {where}",
             value,
         )
         if row is None:

@@ -4,7 +4,8 @@ thank-you redirect points at.
 
 The token is the only key to health data, so the page is private by every means a browser
 honours: no caching, no indexing, no referrer, no framing, and no script at all (CSP). It shows
-the tooth, the radiograph and the matches, never the patient's or the dentist's name.
+the tooth, the radiograph and the matches, never the patient's or the dentist's name; once the
+retention erased the radiograph (appliance.retention), it says so where the image was.
 
 Jotform cannot know the token (the appliance makes it when the webhook arrives, which may be
 after the dentist's browser is redirected), so the thank-you redirect goes to
@@ -245,6 +246,10 @@ async def _feedback_view(components: Components, submission: Submission) -> dict
     }
 
 
+def _day(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).strftime("%d/%m/%Y") if moment else None
+
+
 def _result_view(
     submission: Submission, token: str, identifier: Identifier, base_url: str
 ) -> dict[str, Any]:
@@ -282,6 +287,7 @@ def _result_view(
         "error": submission.error,
         "tooth": submission.tooth,
         "received": submission.created_at.astimezone(UTC).strftime("%d/%m/%Y %H:%M UTC"),
+        "erased": _day(submission.personal_data_erased_at),
         "untrained": untrained,
         "synthetic": any(m.implant.synthetic for i in submission.images for m in i.matches),
         "images": images,

@@ -20,6 +20,7 @@ from appliance.cli.backup import backup, restore
 from appliance.cli.catalog import catalog_app, catalog_demo
 from appliance.cli.common import fail, load_settings, print_result, with_components
 from appliance.cli.model import model_app, model_build
+from appliance.cli.retention import retention_app
 from appliance.cli.submissions import submissions_app
 from appliance.cli.sync import sync_app
 from appliance.logs import configure_logging
@@ -33,6 +34,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(submissions_app, name="submissions")
 app.add_typer(sync_app, name="sync")
+app.add_typer(retention_app, name="retention")
 app.command()(backup)
 app.command()(restore)
 app.add_typer(apikey_app, name="apikey")

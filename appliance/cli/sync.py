@@ -1,10 +1,12 @@
-"""`raiox sync`: the replication worker and its operator commands (status, requeue, prune)."""
+"""`raiox sync`: the replication worker and its operator commands (status, requeue, prune).
+The worker also runs the patient-data retention when it is on (appliance.retention)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from contextlib import suppress
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -73,6 +75,7 @@ def sync(
 
             server, _ = sync_metrics.serve(settings.server.host, settings.sync.metrics_port)
             await sync_metrics.refresh(comps.outbox)
+        retention = _start_retention(comps)
         try:
             if idle:
                 log.warning("replication is off (no RAIOX_SPACES_*): exporting the backlog only")
@@ -86,10 +89,25 @@ def sync(
         except asyncio.CancelledError:  # SIGTERM: leases of unfinished items simply expire
             log.info("replication worker stopped")
         finally:
+            if retention is not None:
+                retention.cancel()
+                with suppress(asyncio.CancelledError):
+                    await retention
             if server is not None:
                 server.shutdown()
 
     with_components(worker, settings)
+
+
+def _start_retention(comps: Components) -> asyncio.Task[None] | None:
+    """The patient-data retention runs in the worker too (once an hour among every process
+    that runs it), so it runs wherever a long-lived process does."""
+    retention = comps.settings.retention
+    if not retention.enabled:
+        return None
+    from appliance.retention import retention_forever
+
+    return asyncio.create_task(retention_forever(comps.retention, retention.days))
 
 
 async def _export_backlog_forever(comps: Components, poll_seconds: float) -> None:

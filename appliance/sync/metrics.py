@@ -22,6 +22,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from appliance.metrics import RETENTION_METRICS
 from appliance.sync.outbox import Outbox
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -69,6 +70,9 @@ LAST_PASS = Gauge(
     "When this worker last finished a pass.",
     registry=REGISTRY,
 )
+# The retention runs in this worker too (appliance.retention): its metrics are the api's.
+for _metric in RETENTION_METRICS:
+    REGISTRY.register(_metric)
 for _kind in ("item", "unavailable"):
     FAILURES.labels(_kind)  # exported as 0 from the start, so rate() has a series
 

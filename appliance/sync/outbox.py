@@ -31,14 +31,18 @@ async def enqueue(conn: asyncpg.Connection, obj: StoredObject) -> None:
     await conn.execute(statement, obj.key, obj.sha256, obj.size, obj.content_type)
 
 
-async def uploading(conn: asyncpg.Connection, keys: Sequence[str]) -> int:
-    """How many of `keys` a worker is uploading right now (leased, lease not run out)."""
-    count: int = await conn.fetchval(
-        "SELECT count(*) FROM outbox WHERE storage_key = ANY($1::text[]) AND state = 'pending' "
-        "AND lease_owner IS NOT NULL AND next_attempt_at > now()",
+async def lock_uploading(conn: asyncpg.Connection, keys: Sequence[str]) -> set[str]:
+    """Lock the rows of `keys` until the caller's transaction ends (a worker's claim skips a
+    locked row, so none starts uploading one meanwhile) and return the keys a worker is
+    uploading right now (leased, lease not run out): an erasure must leave those alone, or the
+    upload would re-create the object after its delete."""
+    rows = await conn.fetch(
+        "SELECT storage_key, state = 'pending' AND lease_owner IS NOT NULL "
+        "AND next_attempt_at > now() AS busy FROM outbox "
+        "WHERE storage_key = ANY($1::text[]) ORDER BY storage_key FOR UPDATE",
         list(keys),
     )
-    return count
+    return {r["storage_key"] for r in rows if r["busy"]}
 
 
 async def forget(conn: asyncpg.Connection, keys: Sequence[str]) -> None:
