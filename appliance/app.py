@@ -58,6 +58,7 @@ def create_app(settings: Settings, components: Components | None = None) -> Lite
             return
         async with open_components(settings) as built:
             built.load_identification()  # a refused model stops the server here
+            await built.cache.check_at_start()  # and so does a Redis whose TLS fails
             app.state.components = built
             sampler = asyncio.create_task(sample_pool_forever(built.database.pool))
             # Reconcile files and rows in the background: a large image folder must not

@@ -2,13 +2,15 @@
 
 With no RAIOX_DATABASE_URL the appliance runs its own PostgreSQL + pgvector (the `pgserver`
 wheel) inside the data directory, listening on a unix socket only; otherwise it connects to the
-URL (compose's pgvector/pgvector). Both paths then run the same code.
+URL (compose's pgvector/pgvector, or a managed Postgres over verified TLS: appliance.tls). Both
+paths then run the same code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,13 +20,21 @@ from pathlib import Path
 import asyncpg
 from pgvector.asyncpg import register_vector
 
-from appliance import embedded_postgres
+from appliance import embedded_postgres, tls
+from appliance.errors import AppError
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # One lock id for "a process is migrating": concurrent starts (several workers) wait in turn.
 MIGRATION_LOCK_ID = 0x5241494F58
+
+
+class DatabaseTlsError(AppError):
+    """The database's TLS handshake failed: a configuration error that stops the start."""
+
+    status_code = 503
+    code = "database_tls"
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,7 @@ async def server_url(settings: Settings) -> AsyncIterator[str]:
     for tools that need a URL rather than a pool: pg_dump and pg_restore. It may hold the
     password: never log it."""
     if settings.database_url is not None:
-        yield settings.database_url
+        yield tls.postgres_url(settings.database_url, settings.database_ca_file)
         return
     embedded = EmbeddedPostgres(settings.postgres_dir)
     url = await asyncio.to_thread(embedded.start)
@@ -136,17 +146,19 @@ class Database:
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Database:
         embedded = None
-        url = settings.database_url
-        if url is None:
+        if settings.database_url is None:
             embedded = EmbeddedPostgres(settings.postgres_dir)
             url = await asyncio.to_thread(embedded.start)
+        else:
+            url = tls.postgres_url(settings.database_url, settings.database_ca_file)
+            warn_if_plaintext(settings.database_url)
         try:
-            if migrate:
-                conn = await asyncpg.connect(url, timeout=10)
-                try:
+            conn = await _connect_at_start(url, settings)
+            try:
+                if migrate:
                     await apply_migrations(conn)
-                finally:
-                    await conn.close()
+            finally:
+                await conn.close()
             pool = await asyncpg.create_pool(
                 url,
                 min_size=1,
@@ -176,6 +188,31 @@ class Database:
         except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
             return f"database unreachable ({type(exc).__name__})"
         return None
+
+
+def warn_if_plaintext(url: str) -> None:
+    host = tls.postgres_plaintext_host(url)
+    if host is not None:
+        log.warning(
+            "database TLS is off (sslmode=disable) for %s: patient data and the password cross "
+            "the network in clear; only on a private network",
+            host,
+        )
+
+
+async def _connect_at_start(url: str, settings: Settings) -> asyncpg.Connection:
+    """The first connection, which also proves the TLS set-up: a certificate that does not
+    verify is a configuration error with its own message, not a connection failure."""
+    try:
+        return await asyncpg.connect(url, timeout=10)
+    except ssl.SSLError as exc:
+        ca = settings.database_ca_file
+        reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        raise DatabaseTlsError(
+            f"the database's TLS certificate was refused ({reason}): check that "
+            f"RAIOX_DATABASE_CA_FILE ({ca}) holds the provider's CA certificate and that "
+            "RAIOX_DATABASE_URL names the host its certificate was issued for"
+        ) from exc
 
 
 DB_ERRORS: tuple[type[Exception], ...] = (

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from appliance import tls
 from appliance.intake.fields import MAPPABLE_FIELDS
 
 DEFAULT_JOTFORM_ORIGINS = (
@@ -92,6 +93,8 @@ class CacheSettings:
     """The embedding cache: Redis when a URL is set, else a bounded in-process one."""
 
     redis_url: str | None = _var("RAIOX_REDIS_URL")
+    # CA certificate(s) a rediss:// server's certificate must chain to (appliance.tls).
+    ca_file: Path | None = _var("RAIOX_REDIS_CA_FILE")  # noqa: RUF009
     ttl_seconds: int = _var("RAIOX_CACHE_TTL_SECONDS", 30 * 24 * 3600)
     timeout_seconds: float = _var("RAIOX_CACHE_TIMEOUT_SECONDS", 0.05)
     memory_max_bytes: int = _var("RAIOX_CACHE_MEMORY_MAX_BYTES", 32 * 1024 * 1024)
@@ -208,6 +211,8 @@ class Settings:
     model_dir: Path = _var("RAIOX_MODEL_DIR", Path("./models/current"))  # noqa: RUF009
     allow_untrained_model: bool = _var("RAIOX_ALLOW_UNTRAINED_MODEL", False)
     database_url: str | None = _var("RAIOX_DATABASE_URL")
+    # CA certificate(s) for sslmode=verify-full to an external Postgres (appliance.tls).
+    database_ca_file: Path | None = _var("RAIOX_DATABASE_CA_FILE")  # noqa: RUF009
 
     limits: ImageLimits = field(default_factory=ImageLimits)
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
@@ -246,6 +251,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        self._validate_tls()
         _positive(self.limits, "max_bytes", "max_pixels", "max_side", "min_side")
         _positive(self.jotform, "max_images_per_delivery")
         _positive(self.server, "max_connections", "header_timeout_seconds")
@@ -295,6 +301,14 @@ class Settings:
                 raise SettingsError(
                     f"RAIOX_JOTFORM_UPLOAD_ORIGINS entry {origin!r} must be scheme://host[:port]"
                 )
+
+    def _validate_tls(self) -> None:
+        """An external database or cache is reached with its certificate verified, or the
+        appliance does not start (appliance.tls)."""
+        problem = tls.postgres_problem(self.database_url, self.database_ca_file)
+        problem = problem or tls.redis_problem(self.cache.redis_url, self.cache.ca_file)
+        if problem is not None:
+            raise SettingsError(problem)
 
 
 def _positive(part: Any, *names: str) -> None:

@@ -1,14 +1,17 @@
 """Container healthcheck for the appliance image (installed as /usr/local/bin/raiox-probe).
 
 `raiox-probe URL` passes when URL answers 2xx; `raiox-probe postgres` passes when the database
-in RAIOX_DATABASE_URL answers a query. The worker containers (sync, backup) have no HTTP server
-of their own that every version carries, so their health is "can reach the queue it works on".
+in RAIOX_DATABASE_URL answers a query (its certificate verified against RAIOX_DATABASE_CA_FILE
+when set, as the appliance does: appliance.tls). The worker containers (sync, backup) have no
+HTTP server of their own that every version carries, so their health is "can reach the queue
+it works on".
 Standard library plus asyncpg only: it runs every few seconds and must start fast.
 """
 
 import asyncio
 import os
 import sys
+import urllib.parse
 import urllib.request
 
 
@@ -21,8 +24,13 @@ def _http(url: str) -> None:
 def _postgres() -> None:
     import asyncpg
 
+    url = os.environ["RAIOX_DATABASE_URL"]
+    ca_file = os.environ.get("RAIOX_DATABASE_CA_FILE")
+    if ca_file:
+        url += ("&" if "?" in url else "?") + "sslrootcert=" + urllib.parse.quote(ca_file, safe="/")
+
     async def query() -> None:
-        conn = await asyncpg.connect(os.environ["RAIOX_DATABASE_URL"], timeout=5)
+        conn = await asyncpg.connect(url, timeout=5)
         try:
             await conn.fetchval("SELECT 1")
         finally:

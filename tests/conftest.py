@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.appliance",
     "tests.fixtures.uploads_server",
     "tests.fixtures.redis",
+    "tests.fixtures.tls",
     "tests.fixtures.s3",
     "tests.fixtures.prometheus",
     "tests.fixtures.admin",

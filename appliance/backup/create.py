@@ -31,7 +31,7 @@ from appliance.backup.common import (
     row_counts,
     server_major,
 )
-from appliance.backup.pgtools import PgTool, connection, find_tool, run_tool
+from appliance.backup.pgtools import PgTool, connection, find_tool, needs_tls, run_tool
 
 if TYPE_CHECKING:
     from appliance.sync.spaces import SpacesClient
@@ -135,7 +135,7 @@ async def _dump(
                     "SELECT DISTINCT model_id FROM reference_images ORDER BY model_id"
                 )
                 catalog_models = [r["model_id"] for r in rows]
-            tool = find_tool("pg_dump", major)
+            tool = find_tool("pg_dump", major, tls=needs_tls(url))
             await _run_pg_dump(tool, url, snapshot, target, len(counts), progress)
     finally:
         await conn.close()

@@ -22,6 +22,7 @@ from typing import IO, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from appliance.errors import AppError
+from appliance.tls import postgres_sslmode
 
 
 class PgToolError(AppError):
@@ -73,18 +74,40 @@ def _version(path: Path) -> PgTool | None:
     return PgTool(path, int(found.group(1)), found.group(0)[2:])
 
 
-def find_tool(name: str, min_major: int) -> PgTool:
-    """The oldest available `name` of at least `min_major`: the closest to the server."""
+def speaks_tls(tool: PgTool) -> bool:
+    """Whether the tool's libpq was built with OpenSSL (the pgserver wheel's is not). Asked of
+    the pg_dump beside it with a socket that does not exist, so nothing is contacted: without
+    OpenSSL libpq refuses `sslmode=require` before it tries to connect."""
+    try:
+        result = subprocess.run(
+            [str(tool.path.parent / "pg_dump"), "--schema-only", "--dbname",
+             "sslmode=require host=/nonexistent/raiox-tls-probe"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "SSL support is not compiled in" not in result.stderr
+
+
+def needs_tls(url: str) -> bool:
+    """The URL asks for TLS (sslmode require, verify-ca or verify-full: appliance.tls)."""
+    return postgres_sslmode(url) in ("require", "verify-ca", "verify-full")
+
+
+def find_tool(name: str, min_major: int, *, tls: bool = False) -> PgTool:
+    """The oldest available `name` of at least `min_major` (the closest to the server) and,
+    for a server reached over TLS, one whose libpq speaks TLS."""
     paths = [d / name for d in _search_dirs() if (d / name).is_file()]
     on_path = shutil.which(name)
     if on_path:
         paths.append(Path(on_path))
     tools = [t for t in (_version(p) for p in paths) if t is not None]
-    fitting = [t for t in tools if t.major >= min_major]
+    fitting = [t for t in tools if t.major >= min_major and (not tls or speaks_tls(t))]
     if not fitting:
         seen = ", ".join(f"{t.path} ({t.version})" for t in tools) or "none"
+        kind = " with TLS support" if tls else ""
         raise PgToolError(
-            f"{name} {min_major} or newer is needed (found: {seen}); install "
+            f"{name} {min_major} or newer{kind} is needed (found: {seen}); install "
             f"postgresql-client-{min_major}"
         )
     return min(fitting, key=lambda t: t.major)

@@ -26,6 +26,7 @@ from appliance.backup.pgtools import (
     connection,
     find_tool,
     list_archive,
+    needs_tls,
     run_tool,
 )
 from appliance.database import apply_migrations, load_migrations
@@ -105,7 +106,7 @@ async def restore_backup(
     conn = await asyncpg.connect(url, timeout=10)
     try:
         await _prepare_target(conn, manifest, force=force)
-        tool = find_tool("pg_restore", manifest.pg_dump_major)
+        tool = find_tool("pg_restore", manifest.pg_dump_major, tls=needs_tls(url))
         await _run_pg_restore(tool, url, dump, manifest, progress)
     finally:
         await conn.close()

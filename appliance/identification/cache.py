@@ -1,6 +1,8 @@
 """Embedding caches keyed by model id + sha256 of the image bytes: Redis in production, a
 bounded in-process LRU in the embedded default. Both are best-effort: a cache failure never
-fails a request, it only costs a model run."""
+fails a request, it only costs a model run. One exception, at start: a Redis whose TLS does
+not verify is a configuration error, and the server refuses to start on it (an outage only
+degrades)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -18,7 +21,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from appliance import metrics
+from appliance import metrics, tls
+from appliance.errors import AppError
 from appliance.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -30,9 +34,18 @@ ENTRY_OVERHEAD_BYTES = 200
 BACKOFF_START_SECONDS = 1.0
 BACKOFF_GROWTH = 1.5
 BACKOFF_MAX_SECONDS = 5.0
+# The start-up check's limit: a TLS handshake to a managed Redis takes a few round trips.
+START_CHECK_SECONDS = 5.0
 UNREACHABLE_DETAIL = "redis unreachable; embeddings are computed without the cache"
 # Outage-shaped failures. ResponseError (the server answered, e.g. OOM) is a RedisError too.
 REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+class CacheTlsError(AppError):
+    """Redis answered the TLS handshake with a certificate that does not verify."""
+
+    status_code = 503
+    code = "cache_tls"
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,7 @@ class EmbeddingCache(Protocol):
     async def get(self, model_id: str, sha256: str) -> np.ndarray | None: ...
     async def put(self, model_id: str, sha256: str, vector: np.ndarray) -> None: ...
     async def health(self) -> CacheHealth: ...
+    async def check_at_start(self) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -104,6 +118,9 @@ class MemoryEmbeddingCache:
             f"{self._max_bytes // 1024} KiB",
         )
 
+    async def check_at_start(self) -> None:
+        """Nothing to reach."""
+
     async def close(self) -> None:
         self._entries.clear()
         self._bytes = 0
@@ -125,9 +142,18 @@ class RedisEmbeddingCache:
 
     backend = "redis"
 
-    def __init__(self, url: str, *, ttl_seconds: int, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_seconds: int,
+        timeout_seconds: float,
+        ca_file: Path | None = None,
+    ) -> None:
+        self._url, self._ca_file = url, ca_file
         self._client = aioredis.Redis.from_url(
             url,
+            **tls.redis_tls_options(url, ca_file),
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             # One immediate retry replaces a pooled connection that died with a restarted
@@ -188,6 +214,32 @@ class RedisEmbeddingCache:
             self.backend, True, f"redis answering; entries expire after {self._ttl} s"
         )
 
+    async def check_at_start(self) -> None:
+        """Raise CacheTlsError when the TLS handshake fails (a wrong CA file, a certificate
+        for another host name, a plaintext server): a misconfiguration must stop the start,
+        where an outage only degrades (as it does here: the cache is then skipped). A first
+        TLS handshake can take longer than the per-request timeout, so the check has a client
+        and a timeout of its own."""
+        client = aioredis.Redis.from_url(
+            self._url,
+            socket_timeout=START_CHECK_SECONDS,
+            socket_connect_timeout=START_CHECK_SECONDS,
+            **tls.redis_tls_options(self._url, self._ca_file),
+        )
+        try:
+            async with asyncio.timeout(START_CHECK_SECONDS * 2):
+                await client.ping()
+        except REDIS_FAILURES as exc:
+            if tls.is_tls_failure(exc):
+                raise CacheTlsError(
+                    f"Redis refused: {_reason(exc)}; check that RAIOX_REDIS_CA_FILE holds "
+                    "the provider's CA certificate and that RAIOX_REDIS_URL names the host "
+                    "its certificate was issued for"
+                ) from exc
+            self._failed(exc)
+        finally:
+            await client.aclose()
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -233,6 +285,9 @@ def _reason(exc: BaseException) -> str:
     reply (e.g. OOM) is safe to show and is what an operator needs."""
     if isinstance(exc, ResponseError):
         return str(exc)[:120]
+    text = str(exc)
+    if tls.is_tls_failure(exc) and "[SSL" in text:
+        return "TLS handshake failed: " + text[text.index("[SSL") :][:200]
     return type(exc).__name__
 
 
@@ -242,5 +297,6 @@ def create_cache(settings: CacheSettings) -> EmbeddingCache:
             settings.redis_url,
             ttl_seconds=settings.ttl_seconds,
             timeout_seconds=settings.timeout_seconds,
+            ca_file=settings.ca_file,
         )
     return MemoryEmbeddingCache(settings.memory_max_bytes)
