@@ -186,9 +186,12 @@ def _session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Sessio
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
-    # The arena keeps batch-8 activation buffers for good: off, peak server RSS under load
-    # measured 311 MB instead of 323-327 MB at the same throughput (tests/bench/http.py).
-    options.enable_cpu_mem_arena = False
+    # The arena keeps a batch's activation buffers between runs. Without it every run maps
+    # and faults in ~30 MB afresh (~940 page faults per image; the model's threads contend with
+    # the decoding threads for the process's memory map): at concurrency 16, server CPU per
+    # image measured 112-127 ms with it against 140 without (tests/bench/http.py, 2 runs
+    # each, interleaved, on a shared box), for 274 instead of 260 MB peak RSS.
+    options.enable_cpu_mem_arena = True
     # ORT's pool threads spin for a while after each op by default: on two cores they take
     # the CPU from decoding and preprocessing of the next requests. Measured with the HTTP
     # benchmark at concurrency 16: 50 instead of 59-71 ms of server CPU per request.
