@@ -42,13 +42,27 @@ app.command("evaluate")(evaluate)
 
 @app.command()
 def migrate() -> None:
-    """Apply pending database migrations (the server also does it at start)."""
+    """Apply pending database migrations and name each one applied. One process at a time (an
+    advisory lock): the deploy runs this before the api replicas start, whose own start-up
+    pass then finds nothing to do."""
+    import asyncio
 
-    async def job(_: Components) -> None:
-        """Opening the components' database applies the migrations."""
+    import asyncpg
 
-    with_components(job)
-    typer.echo("migrations applied")
+    from appliance.database import apply_migrations, server_url
+
+    settings = load_settings()
+
+    async def job() -> list[str]:
+        async with server_url(settings) as url:
+            conn = await asyncpg.connect(url, timeout=10)
+            try:
+                return await apply_migrations(conn)
+            finally:
+                await conn.close()
+
+    applied = asyncio.run(job())
+    typer.echo(f"applied {', '.join(applied)}" if applied else "no pending migrations")
 
 
 @app.command()
