@@ -129,15 +129,22 @@ version="e2e-$(git ls-files -co --exclude-standard -- appliance pyproject.toml c
   | sort | xargs sha1sum | sha1sum | cut -c1-12)"
 
 playbook() {
-  ANSIBLE_CONFIG="$root/ansible/ansible.cfg" "$venv/bin/ansible-playbook" \
+  ANSIBLE_CONFIG="$root/ansible/ansible.cfg" ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks \
+    "$venv/bin/ansible-playbook" \
     -i ansible/inventories/local.yml "$@"
 }
 compose() { docker compose --project-directory "$compose_dir" "$@"; }
+sql() { # one query in the stack's database, unaligned output
+  compose exec -T postgres sh -c 'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -h 127.0.0.1 -U raiox -d raiox -Atc "$0"' "$1"
+}
+# The slowest tasks of a playbook's log (ansible.posix.profile_tasks' summary).
+slowest() { grep -E ' -{3,} +[0-9.]+s$' "$1" | head -6 | sed 's/^/  /'; }
 
 # --- 3. Deploy ----------------------------------------------------------------------------
 phase "site.yml (version $version)"
 playbook ansible/site.yml -e "appliance_version=$version" >"$work/site1.log" 2>&1 \
   || { tail -40 "$work/site1.log"; fail "site.yml"; }
+slowest "$work/site1.log"
 replicas="$(sed -n 's/^RAIOX_API_REPLICAS=//p' "$compose_dir/.env")"
 [ "$replicas" = 2 ] || fail "the e2e inventory deploys 2 api replicas, .env says '$replicas'"
 
@@ -145,11 +152,9 @@ phase "migrations ran once"
 # Each shipped migration is recorded once, before any replica started, and no replica's own
 # start-up pass applied anything (it waits on the advisory lock, then finds nothing to do).
 shipped="$(cd appliance/migrations && ls ./*.sql | sed 's|^\./||' | sort | tr '\n' ' ')"
-recorded="$(compose exec -T postgres psql -U raiox -d raiox -Atc \
-  "SELECT string_agg(name, ' ' ORDER BY name) || ' ' FROM schema_migrations")"
+recorded="$(sql "SELECT string_agg(name, ' ' ORDER BY name) || ' ' FROM schema_migrations")"
 [ "$recorded" = "$shipped" ] || fail "schema_migrations holds '$recorded', shipped: '$shipped'"
-last_applied="$(compose exec -T postgres psql -U raiox -d raiox -Atc \
-  "SELECT floor(extract(epoch FROM max(applied_at))) FROM schema_migrations")"
+last_applied="$(sql "SELECT floor(extract(epoch FROM max(applied_at))) FROM schema_migrations")"
 for index in $(seq "$replicas"); do
   since="$(date -d "$(docker inspect -f '{{.State.StartedAt}}' "raiox-api-$index")" +%s)"
   [ "$last_applied" -le "$since" ] || fail "a migration was applied after raiox-api-$index started"
@@ -202,6 +207,7 @@ if [ "${RAIOX_E2E_QUICK:-}" != 1 ]; then
 phase "site.yml again: nothing may change"
 playbook ansible/site.yml -e "appliance_version=$version" >"$work/site2.log" 2>&1 \
   || { tail -40 "$work/site2.log"; fail "second site.yml"; }
+slowest "$work/site2.log"
 grep -E '^localhost +:.* changed=0 ' "$work/site2.log" \
   || { grep -B3 '^changed' "$work/site2.log"; fail "the second site.yml changed something"; }
 
@@ -210,15 +216,16 @@ phase "upgrade.yml to a broken release (raiox backup available: $has_backup)"
 broken="$work/broken-src"
 mkdir -p "$broken"
 git ls-files -co --exclude-standard | grep -v '^tests/' | tar -cf - -T - | tar -xf - -C "$broken"
-ln -s "$root/build" "$broken/build" # the same wheel cache; its release dir is removed at the end
+ln -s "$root/build" "$broken/build" # its release dir lands in our build/ and is removed at the end
 echo 'raise RuntimeError("deliberately broken release (e2e upgrade test)")' >>"$broken/appliance/asgi.py"
 if playbook ansible/upgrade.yml -e "upgrade_version=broken-$version" -e "upgrade_source=$broken" \
-  -e upgrade_wait_timeout=60 \
+  -e upgrade_wait_timeout=30 \
   >"$work/upgrade.log" 2>&1; then
   tail -30 "$work/upgrade.log"
   fail "upgrade.yml to a broken release succeeded"
 fi
 grep -q "was rolled back" "$work/upgrade.log" || { tail -40 "$work/upgrade.log"; fail "no rollback"; }
+slowest "$work/upgrade.log"
 grep -q "^RAIOX_VERSION=$version$" "$compose_dir/.env" || fail "the previous version is not back"
 "$venv/bin/python" tests/e2e/checks.py same "$url" "$state" || fail "data after the rollback"
 fi
