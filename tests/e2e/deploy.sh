@@ -138,7 +138,7 @@ sql() { # one query in the stack's database, unaligned output
   compose exec -T postgres sh -c 'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -h 127.0.0.1 -U raiox -d raiox -Atc "$0"' "$1"
 }
 # The slowest tasks of a playbook's log (ansible.posix.profile_tasks' summary).
-slowest() { grep -E ' -{3,} +[0-9.]+s$' "$1" | head -6 | sed 's/^/  /'; }
+slowest() { grep -E ' -{3,} +[0-9.]+s$' "$1" | head -10 | sed 's/^/  /'; }
 
 # --- 3. Deploy ----------------------------------------------------------------------------
 phase "site.yml (version $version)"
