@@ -167,8 +167,9 @@ def test_the_proxy_balances_every_replica_with_health_checks(
         if line.strip() and not line.strip().startswith(("transport", "keepalive", "}"))
     )
     assert options["health_uri"] == "/healthcheck"  # active checks (static upstreams: Caddy 2.6)
-    assert options["lb_try_duration"].endswith("s")  # a refused connection goes to another
     assert options["fail_duration"].endswith("s")  # passive: a failed replica is left out
+    # no retries: Caddy 2.6 closes the body on a dial error, so the retried upload would fail
+    assert "lb_try_duration" not in caddyfile and "lb_retries" not in caddyfile
     assert "keepalive off" in main.group(1)
     # the fallback forwards only "no healthy replica" (503), never e.g. a refused body (413)
     errors = caddyfile[caddyfile.index("handle_errors") :]

@@ -235,12 +235,15 @@ def _redelivered_on_the_other_replica(token: str) -> None:
     print("a Jotform redelivery and a webhook retry on the other replica got the stored result")
 
 
-def _upload(client: httpx.Client, image: bytes) -> tuple[int, dict[str, Any] | None]:
+def _upload(client: httpx.Client, image: bytes) -> tuple[int, dict[str, Any]]:
+    """(status, answer); an error's answer says who gave it: the api's JSON or the proxy's."""
     try:
         response = client.post("/upload", files={"file": ("rx.png", image, "image/png")})
-    except httpx.HTTPError:
-        return 0, None  # no answer at all: counted with the errors
-    return response.status_code, response.json() if response.status_code == 200 else None
+    except httpx.HTTPError as exc:
+        return 0, {"error": type(exc).__name__}  # no answer at all: counted with the errors
+    if response.status_code == 200:
+        return 200, response.json()
+    return response.status_code, {"error": response.text[:160] or "(empty body: the proxy)"}
 
 
 def _stop_one_under_load(url: str, uploads: int = 200, concurrency: int = 8) -> None:
@@ -256,7 +259,7 @@ def _stop_one_under_load(url: str, uploads: int = 200, concurrency: int = 8) -> 
         subprocess.run(["docker", "stop", _replica(2)], check=True, capture_output=True)
         stopper["seconds"] = time.monotonic() - started
 
-    def one(client: httpx.Client, index: int) -> tuple[int, dict[str, Any] | None]:
+    def one(client: httpx.Client, index: int) -> tuple[int, dict[str, Any]]:
         implant = DEMO_IMPLANTS[index % len(DEMO_IMPLANTS)]
         result = _upload(client, png_bytes(render_patient_sample(implant, 1000 + index)))
         answered.release()
@@ -276,12 +279,14 @@ def _stop_one_under_load(url: str, uploads: int = 200, concurrency: int = 8) -> 
         f"after {uploads // 5} (docker stop took {stopper.get('seconds', 0):.1f} s): "
         f"answers {dict(statuses)}; non-2xx seen by clients: {failed}"
     )
+    errors = Counter(f"{status} {answer['error']}" for status, answer in results if status != 200)
+    for error, count in errors.items():
+        print(f"  {count} x {error}")
     assert failed <= concurrency, f"{failed} errors: more than the requests in flight"
     with _client(url) as client:
         for status, answer in results:
             if status != 200:
                 continue
-            assert answer is not None
             stored = client.get(f"/submissions/{answer['submission_id']}")
             assert stored.status_code == 200, stored.text
             assert _matches(stored.json()) == _matches(answer), answer["submission_id"]

@@ -192,7 +192,8 @@ cat "$work/targets.txt"
 [ "$targets_ok" = yes ] || fail "a Prometheus target is not up"
 
 phase "replicas: both serve, redelivery, one stopped under load"
-"$venv/bin/python" tests/e2e/checks.py replicas "$url" "$token" "$replicas" || fail "the replicas"
+"$venv/bin/python" tests/e2e/checks.py replicas "$url" "$token" "$replicas" \
+  || { docker logs raiox-proxy-1 2>&1 | grep -v '"level":"info"' | tail -20; fail "the replicas"; }
 docker stats --no-stream --format '  {{.Name}} {{.MemUsage}} {{.CPUPerc}}' | sort
 docker start raiox-api-2 >/dev/null
 for _ in $(seq 60); do
