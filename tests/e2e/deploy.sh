@@ -58,10 +58,13 @@ teardown() {
     docker ps -aq --filter label=com.docker.compose.project=raiox | xargs -r docker rm -f >/dev/null
     docker volume ls -q --filter label=com.docker.compose.project=raiox | xargs -r docker volume rm >/dev/null
     docker network ls -q --filter label=com.docker.compose.project=raiox | xargs -r docker network rm >/dev/null
-    # Keep the images as the cache (versions share all but their last layer); drop the broken one.
+    # Keep this version's images and the dependencies' build stage (untagged, labelled) as the
+    # cache: the next version then rebuilds only its own layers (~10 s, not ~95 s). Drop the
+    # broken release and the images of older test versions.
     docker images --format '{{.Repository}}:{{.Tag}}' raiox/appliance \
-      | grep ':broken-' | xargs -r docker rmi -f >/dev/null 2>&1
-    docker image prune -f >/dev/null 2>&1
+      | grep -E ':(broken-|e2e-)' | grep -vx "raiox/appliance:${version:-none}" \
+      | xargs -r docker rmi -f >/dev/null 2>&1
+    docker image prune -f --filter 'label!=raiox.build-cache=deps' >/dev/null 2>&1
   fi
   rm -rf "$RAIOX_E2E_ROOT"
   if [ -n "$dockerd_pid" ]; then
