@@ -126,6 +126,17 @@ async def server_url(settings: Settings) -> AsyncIterator[str]:
         await stop_embedded(embedded)
 
 
+async def migrate(settings: Settings) -> list[str]:
+    """`raiox migrate`: apply pending migrations without opening a pool; returns their names.
+    The connection proves the TLS set-up as the api's start does."""
+    async with server_url(settings) as url:
+        conn = await _connect_at_start(url, settings)
+        try:
+            return await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+
 async def stop_embedded(embedded: EmbeddedPostgres) -> None:
     """Stop the embedded server off the event loop, or on it when the loop's thread pool is
     already gone: Ctrl-C in `raiox demo` runs the app's shutdown after asyncio.run has shut its

@@ -11,6 +11,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 FROM runtime AS deps
+# The dependencies' stage is the build cache of every new version (its wheels change only with
+# the requirements). No tag points at it: the label lets an image clean-up keep it
+# (`docker image prune --filter label!=raiox.build-cache=deps`, as the deploy test does).
+LABEL raiox.build-cache=deps
 COPY deps/ /wheels/
 RUN python3 -m venv /opt/raiox \
  && /opt/raiox/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \

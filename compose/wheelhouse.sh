@@ -4,8 +4,10 @@
 # `pip --no-index` and needs no network, compiler or build tool.
 #
 # Usage: compose/wheelhouse.sh OUT_DIR  (writes OUT_DIR/deps/ and OUT_DIR/app/)
-# The dependency wheels are cached in build/wheelhouse-<hash of the runtime requirements>: only
-# a change of the runtime dependencies downloads again. pgserver (the embedded Postgres of
+# The dependency wheels are cached machine-wide, outside any clone, in
+# ${RAIOX_CACHE_DIR:-~/.cache/raiox}/wheelhouse-<hash of the runtime requirements and the target
+# platform>: only a change of those downloads again, and an entry unused for 30 days is removed.
+# A cache only: with none, the wheels are downloaded. pgserver (the embedded Postgres of
 # `make run`) and the build-time extras (torch, open_clip) never go into the image.
 set -euo pipefail
 
@@ -19,24 +21,26 @@ with open(sys.argv[1], "rb") as f:
     deps = tomllib.load(f)["project"]["dependencies"]
 print("\n".join(d for d in deps if not d.startswith("pgserver")))
 ' "$root/pyproject.toml")"
-key="$(printf '%s\n' "$requirements" | sha1sum | cut -c1-12)"
-deps="$root/build/wheelhouse-$key"
+platforms=(--platform manylinux2014_x86_64)
+for minor in $(seq 17 41); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
+target=(--python-version 3.13 --implementation cp --abi cp313 --abi abi3 --abi none "${platforms[@]}")
+cache="${RAIOX_CACHE_DIR:-$HOME/.cache/raiox}"
+key="$(printf '%s\n' "$requirements" "${target[@]}" | sha1sum | cut -c1-12)"
+deps="$cache/wheelhouse-$key"
 
 if [ ! -f "$deps/.complete" ]; then
-  mkdir -p "$root/build"
-  tmp="$(mktemp -d "$root/build/.wheelhouse.XXXXXX")"
+  mkdir -p "$cache"
+  tmp="$(mktemp -d "$cache/.wheelhouse.XXXXXX")"
   trap 'rm -rf "$tmp"' EXIT
   printf '%s\n' "$requirements" >"$tmp/requirements.txt"
-  platforms=(--platform manylinux2014_x86_64)
-  for minor in $(seq 17 41); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
-  "$py" -m pip download -q --disable-pip-version-check --only-binary=:all: \
-    --python-version 3.13 --implementation cp --abi cp313 --abi abi3 --abi none \
-    "${platforms[@]}" -d "$tmp" -r "$tmp/requirements.txt"
+  "$py" -m pip download -q --disable-pip-version-check --only-binary=:all: "${target[@]}" \
+    -d "$tmp" -r "$tmp/requirements.txt"
   touch "$tmp/.complete"
-  rm -rf "$root"/build/wheelhouse-*
-  mv "$tmp" "$deps"
+  mv -T "$tmp" "$deps" 2>/dev/null || rm -rf "$tmp" # another run may have made it meanwhile
   trap - EXIT
 fi
+touch "$deps" # its last use: entries unused for 30 days go
+find "$cache" -maxdepth 1 -name 'wheelhouse-*' -mtime +30 -exec rm -rf {} +
 
 # deps/ changes only with the requirements, app/ with the code: separate image layers.
 mkdir -p "$out/deps" "$out/app"

@@ -120,15 +120,106 @@ def test_every_service_is_healthchecked_restarted_and_limited(
             assert dependency["condition"] == "service_healthy", name
 
 
+def _mib(memory: str) -> int:
+    return int(memory[:-1]) * {"M": 1, "G": 1024}[memory[-1]]
+
+
+def _default_replicas(svc: dict[str, Any]) -> int:
+    replicas = str(svc["deploy"].get("replicas", 1))
+    match = re.fullmatch(r"\$\{[A-Z_]+:-(\d+)\}", replicas)
+    return int(match.group(1)) if match else int(replicas)
+
+
 def test_limits_fit_a_4_gb_droplet(services: dict[str, dict[str, Any]]) -> None:
-    units = {"M": 1, "G": 1024}
+    """At the default replica counts (one api, two sync workers)."""
     total = 0
     for svc in services.values():
         if "profiles" in svc:
             continue
-        memory = svc["deploy"]["resources"]["limits"]["memory"]
-        total += int(memory[:-1]) * units[memory[-1]]
+        total += _mib(svc["deploy"]["resources"]["limits"]["memory"]) * _default_replicas(svc)
     assert total <= 3584, f"{total} MiB of limits: leave 512 MiB of 4 GiB to the OS and Docker"
+    assert _default_replicas(services["api"]) == 1 and _default_replicas(services["sync"]) == 2
+    per_replica = _mib(services["api"]["deploy"]["resources"]["limits"]["memory"])
+    assert f"{per_replica // 1024} GiB" in (COMPOSE_DIR / ".env.example").read_text()
+
+
+def test_replicas_are_operator_settings(services: dict[str, dict[str, Any]]) -> None:
+    assert services["api"]["deploy"]["replicas"] == "${RAIOX_API_REPLICAS:-1}"
+    assert services["sync"]["deploy"]["replicas"] == "${RAIOX_SYNC_REPLICAS:-2}"
+    for name in ("api", "sync"):
+        assert "container_name" not in services[name], "replicas need Compose's own names"
+        assert not services[name].get("ports"), "replicas cannot share a host port"
+    # uvicorn drains for up to 30 s after SIGTERM (appliance.server): Docker must wait longer
+    assert int(services["api"]["stop_grace_period"].rstrip("s")) > 30
+
+
+def test_the_proxy_balances_every_replica_with_health_checks(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    upstreams = services["proxy"]["environment"]["RAIOX_API_UPSTREAMS"]
+    assert upstreams == "${RAIOX_API_UPSTREAMS:-api:8000}"
+    caddyfile = (COMPOSE_DIR / "Caddyfile").read_text()
+    main = re.search(r"\treverse_proxy \{\$RAIOX_API_UPSTREAMS\} \{(.*?)\n\t\}", caddyfile, re.S)
+    assert main, "the api's reverse_proxy takes the replica list"
+    options = dict(
+        line.strip().split(" ", 1)
+        for line in main.group(1).strip().splitlines()
+        if line.strip() and not line.strip().startswith(("transport", "keepalive", "}"))
+    )
+    assert options["health_uri"] == "/healthcheck"  # active checks (static upstreams: Caddy 2.6)
+    assert options["fail_duration"].endswith("s")  # passive: a failed replica is left out
+    # no retries: Caddy 2.6 closes the body on a dial error, so the retried upload would fail
+    assert "lb_try_duration" not in caddyfile and "lb_retries" not in caddyfile
+    assert "keepalive off" in main.group(1)
+    # the fallback forwards only "no healthy replica" (503), never e.g. a refused body (413)
+    errors = caddyfile[caddyfile.index("handle_errors") :]
+    assert "@no_upstream expression {err.status_code} == 503" in errors
+    assert "reverse_proxy @no_upstream {$RAIOX_API_UPSTREAMS}" in errors
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_ansible_names_each_api_replica_for_the_proxy(replicas: int) -> None:
+    import jinja2
+
+    template = ROOT / "ansible" / "roles" / "appliance" / "templates" / ".env.j2"
+    env = jinja2.Environment(trim_blocks=True, undefined=jinja2.StrictUndefined)  # as Ansible
+    env.filters["bool"] = lambda value: str(value).lower() in ("1", "true", "yes", "on")
+    text = env.from_string(template.read_text()).render(
+        appliance_managed_services=False,
+        ansible_managed="x",
+        appliance_version="1",
+        appliance_infra_tag="t",
+        appliance_model_dir="/m",
+        appliance_secrets={
+            "postgres_password": "p",
+            "webhook_token": "w",
+            "grafana_admin_password": "g",
+        },
+        appliance_domain="",
+        appliance_http_port=80,
+        appliance_https_port=443,
+        appliance_api_replicas=replicas,
+        appliance_sync_replicas=2,
+    )
+    lines = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    assert lines["RAIOX_API_REPLICAS"] == str(replicas)
+    expected = " ".join(f"raiox-api-{n}:8000" for n in range(1, replicas + 1))
+    assert lines["RAIOX_API_UPSTREAMS"] == f'"{expected}"'
+    assert lines["RAIOX_SYNC_REPLICAS"] == "2"
+
+
+def test_migrations_run_once_before_the_api_starts() -> None:
+    tasks = yaml.safe_load(
+        (ROOT / "ansible" / "roles" / "appliance" / "tasks" / "main.yml").read_text()
+    )
+    names = [task["name"] for task in tasks]
+    migrate = names.index("Apply database migrations before the api starts")
+    assert migrate < names.index("Start the stack and wait until every service is healthy")
+    run = tasks[migrate]["community.docker.docker_compose_v2_run"]
+    assert run["argv"] == ["raiox", "migrate"] and run["cleanup"] is True
+    inventory = yaml.safe_load((ROOT / "ansible" / "inventories" / "local.yml").read_text())
+    local = inventory["all"]["children"]["raiox"]["hosts"]["localhost"]
+    assert local["appliance_api_replicas"] == 2  # the deploy test runs the scale-out
 
 
 def test_everything_sits_on_the_internal_network(

@@ -79,17 +79,25 @@ def test_prometheus_config_and_its_rules_are_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(RULE_FILES)} rule files found" in result.stdout
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    jobs = {
-        job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
-    }
+    jobs = {job["job_name"]: _targets(job) for job in config["scrape_configs"]}
     assert jobs == {
         "prometheus": ["localhost:9090"],
-        "api": ["api:8000"],
-        "sync": ["sync:9200"],
+        "api": ["dns A api:8000"],  # every replica its own target
+        "sync": ["dns A sync:9200"],
         "postgres-exporter": ["postgres-exporter:9187"],
         "redis-exporter": ["redis-exporter:9121"],
         "node-exporter": ["node-exporter:9100"],
     }
+
+
+def _targets(job: dict[str, Any]) -> list[str]:
+    if "static_configs" in job:
+        return list(job["static_configs"][0]["targets"])
+    return [
+        f"dns {sd['type']} {name}:{sd['port']}"
+        for sd in job["dns_sd_configs"]
+        for name in sd["names"]
+    ]
 
 
 def test_rules_are_valid() -> None:

@@ -318,6 +318,24 @@ async def test_prune_keeps_what_spaces_lacks_and_serves_pruned_images_presigned(
     assert (status.done, status.pruned, status.pending) == (3, 1, 0)
 
 
+async def test_one_worker_prunes_at_a_time(rig: Rig) -> None:
+    """Several sync replicas prune hourly: while one holds the prune lock the others skip,
+    and the lock is free again once it is done."""
+    patients = await rig.add(1, prefix="clientes/abcd1234")
+    assert (await rig.worker().run_once()).replicated == 1
+    await rig.database.pool.execute("UPDATE outbox SET created_at = now() - interval '10 days'")
+    (key,) = patients
+    async with rig.outbox.pruning() as first:
+        assert first
+        report = await prune_local(rig.outbox, rig.store, rig.spaces, 7)
+        assert report.busy and report.pruned == 0
+        assert rig.store.exists(key), "nothing looked at while another worker prunes"
+    assert await prune_local(rig.outbox, rig.store, rig.spaces, 7) == _report(
+        1, len(patients[key]), 0
+    )
+    assert not rig.store.exists(key)
+
+
 def _report(pruned: int, freed: int, requeued: int) -> Any:
     from appliance.sync.worker import PruneReport
 

@@ -23,6 +23,7 @@ from appliance.cli.model import model_app, model_build
 from appliance.cli.retention import retention_app
 from appliance.cli.submissions import submissions_app
 from appliance.cli.sync import sync_app
+from appliance.errors import AppError
 from appliance.logs import configure_logging
 from appliance.settings import Settings
 
@@ -44,13 +45,18 @@ app.command("evaluate")(evaluate)
 
 @app.command()
 def migrate() -> None:
-    """Apply pending database migrations (the server also does it at start)."""
+    """Apply pending database migrations and name each one applied. One process at a time (an
+    advisory lock): the deploy runs this before the api replicas start, whose own start-up
+    pass then finds nothing to do."""
+    import asyncio
 
-    async def job(_: Components) -> None:
-        """Opening the components' database applies the migrations."""
+    from appliance.database import migrate as apply_pending
 
-    with_components(job)
-    typer.echo("migrations applied")
+    try:
+        applied = asyncio.run(apply_pending(load_settings()))
+    except AppError as exc:
+        fail(exc.detail)
+    typer.echo(f"applied {', '.join(applied)}" if applied else "no pending migrations")
 
 
 @app.command()

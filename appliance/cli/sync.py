@@ -190,6 +190,8 @@ def prune(
             fail(f"Spaces unreachable, nothing pruned: {spaces.redact(str(exc))}")
 
     report = with_components(job, settings)
+    if report.busy:
+        fail("a replication worker is pruning right now; nothing pruned, try again later")
     typer.echo(f"pruned {report.pruned} local copies ({report.bytes_freed / 2**20:.1f} MiB)")
     if report.requeued:
         typer.secho(

@@ -4,12 +4,15 @@ A row is written in the same transaction as the row that references an image (`e
 `ENQUEUE` inside a larger statement), so an image the database knows about is always queued
 for Spaces. Workers lease rows with `FOR UPDATE SKIP LOCKED` (`Outbox.claim`): two workers
 never take the same row, and a worker killed mid-upload gives its row back when the lease
-runs out. Operators read its state (`status`) and give dead letters another go (`requeue_dead`).
+runs out. Pruning takes a session advisory lock (`Outbox.pruning`): of several workers, one
+prunes at a time and the others skip that round. Operators read its state (`status`) and give
+dead letters another go (`requeue_dead`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,6 +83,8 @@ class SyncStatus:
 
 
 _ITEM = "id, storage_key, sha256, size_bytes, content_type, attempts"
+# "A worker is pruning local copies" (distinct from the migration lock in appliance.database).
+PRUNE_LOCK_ID = 0x5241494F59
 
 
 class Outbox:
@@ -165,6 +170,18 @@ class Outbox:
             list(prefixes),
         )
         return [OutboxItem(**dict(row)) for row in rows]
+
+    @asynccontextmanager
+    async def pruning(self) -> AsyncIterator[bool]:
+        """Yields whether this caller may prune now: True for one holder at a time (the lock
+        lives with its connection, so a worker that dies gives it back at once)."""
+        async with self._pool.acquire() as conn:
+            held: bool = await conn.fetchval("SELECT pg_try_advisory_lock($1)", PRUNE_LOCK_ID)
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", PRUNE_LOCK_ID)
 
     async def mark_pruned(self, item: OutboxItem) -> None:
         await self._pool.execute("UPDATE outbox SET local_pruned_at = now() WHERE id = $1", item.id)

@@ -70,6 +70,7 @@ class PruneReport:
     pruned: int = 0
     bytes_freed: int = 0
     requeued: int = 0  # done, but missing or wrong in Spaces: replicated again
+    busy: bool = False  # another worker was pruning: nothing was looked at
 
 
 class Replicator:
@@ -141,6 +142,9 @@ class Replicator:
         except Exception as exc:  # pruning is housekeeping: it never stops replication
             reason = self._spaces.redact(f"{type(exc).__name__}: {exc}")[:300]
             log.warning("pruning failed, local copies kept (%s)", reason)
+            return
+        if report.busy:
+            log.info("another worker is pruning; skipped this round")
             return
         log.info("pruned %d local copies (%d bytes)", report.pruned, report.bytes_freed)
 
@@ -224,7 +228,21 @@ async def prune_local(
 ) -> PruneReport:
     """Delete local copies of patient images replicated more than `retention_days` ago, each
     only after Spaces is seen to hold exactly its bytes; one found missing is replicated
-    again instead. Raises when Spaces is unreachable (nothing is deleted blind)."""
+    again instead. Raises when Spaces is unreachable (nothing is deleted blind). One caller
+    at a time: while another (a worker replica, an operator) prunes, returns `busy`."""
+    async with outbox.pruning() as mine:
+        if not mine:
+            return PruneReport(busy=True)
+        return await _prune_all(outbox, store, spaces, retention_days, progress)
+
+
+async def _prune_all(
+    outbox: Outbox,
+    store: LocalImageStore,
+    spaces: SpacesClient,
+    retention_days: int,
+    progress: Callable[[int, str], Progress] | None,
+) -> PruneReport:
     items = await outbox.prunable(retention_days, PRUNABLE_PREFIXES)
     pruned = freed = requeued = 0
     bar = progress(len(items), "prune") if progress else None
