@@ -27,7 +27,9 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from appliance import draining
 from appliance.logs import LOG_CONFIG, configure_logging
 from appliance.settings import Settings
 
@@ -183,12 +186,56 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     """Serve `appliance.asgi:app` in this process (or in `workers` processes)."""
     configure_logging()
     config = uvicorn_config("appliance.asgi:app", settings, host=host, port=port, workers=workers)
+    drain = settings.server.drain_seconds
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
 
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        if drain:  # the supervisor passes SIGTERM on to the workers once the drain is over
+            _drain_on_sigterm(drain, lambda: supervisor.signal_queue.append(signal.SIGTERM))
+        supervisor.run()
     else:
-        uvicorn.Server(config).run()
+        DrainingServer(config, drain).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on a first SIGTERM drains (appliance.draining) before stopping."""
+
+    def __init__(self, config: uvicorn.Config, drain_seconds: float) -> None:
+        super().__init__(config)
+        self._drain_seconds = drain_seconds
+        self._drain_started = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if sig != signal.SIGTERM or not self._drain_seconds or self._drain_started:
+            super().handle_exit(sig, frame)  # Ctrl-C, a second SIGTERM: at once
+            return
+        self._drain_started = True
+        _start_drain(
+            self._drain_seconds, lambda: super(DrainingServer, self).handle_exit(sig, frame)
+        )
+
+
+def _drain_on_sigterm(seconds: float, stop: Any) -> None:
+    started = False
+
+    def handler(sig: int, frame: Any) -> None:
+        nonlocal started
+        if started:
+            stop()
+            return
+        started = True
+        _start_drain(seconds, stop)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _start_drain(seconds: float, stop: Any) -> None:
+    draining.begin()
+    log.info("draining for %.0f s: /healthcheck answers 503, requests are still served", seconds)
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
 
 
 def main() -> None:
@@ -198,9 +245,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     created = prepare_metrics_dir(args.workers)
+    state = Path(tempfile.mkdtemp(prefix="raiox-serve-"))
+    os.environ[draining.MARKER_ENV] = str(state / "draining")  # the workers inherit it
     try:
         serve(Settings.from_env(), host=args.host, port=args.port, workers=args.workers)
     finally:
+        shutil.rmtree(state, ignore_errors=True)
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
 

@@ -179,6 +179,9 @@ class ServerSettings:
     max_connections: int = _var("RAIOX_MAX_CONNECTIONS", 1000)
     header_timeout_seconds: float = _var("RAIOX_HEADER_TIMEOUT_SECONDS", 10.0)
     keepalive_timeout_seconds: float = _var("RAIOX_KEEPALIVE_TIMEOUT_SECONDS", 5.0)
+    # After SIGTERM, keep serving this long with /healthcheck at 503 (appliance.draining):
+    # behind a load balancer, longer than its health-check interval; alone, 0.
+    drain_seconds: float = _var("RAIOX_DRAIN_SECONDS", 0.0)
 
     @property
     def behind_tls(self) -> bool:
@@ -256,6 +259,8 @@ class Settings:
         _positive(self.jotform, "max_images_per_delivery")
         _positive(self.server, "max_connections", "header_timeout_seconds")
         _positive(self.server, "keepalive_timeout_seconds")
+        if self.server.drain_seconds < 0:
+            raise SettingsError("RAIOX_DRAIN_SECONDS must be 0 (off) or positive")
         a = self.access
         for name in ("rate_limit_key_per_minute", "rate_limit_address_per_minute"):
             if getattr(a, name) < 0:

@@ -63,11 +63,16 @@ def appliance_env(data_dir: Path, model_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_serve(data_dir: Path, model_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_serve(
+    data_dir: Path, model_dir: Path, port: int, *, workers: int = 1, drain_seconds: float = 0
+) -> subprocess.Popen[bytes]:
+    env = appliance_env(data_dir, model_dir)
+    env["RAIOX_DRAIN_SECONDS"] = str(drain_seconds)
+    command = [sys.executable, "-m", "appliance", "serve", "--port", str(port)]
     with open(data_dir / f"serve-{port}.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "serve", "--port", str(port)],
-            env=appliance_env(data_dir, model_dir),
+            [*command, "--workers", str(workers)],
+            env=env,
             cwd=data_dir,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -98,6 +103,29 @@ def test_sigterm_after_a_sigkilled_server_stops_the_embedded_postgres(
     assert second.wait(60) is not None
 
     assert not wait_gone(pgdata, 15), "SIGTERM left `postgres -D` running"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_before_stopping(data_dir: Path, model_dir: Path, workers: int) -> None:
+    """Behind a load balancer: after SIGTERM /healthcheck says "draining" (503) while requests
+    are still answered, for RAIOX_DRAIN_SECONDS; then the server stops."""
+    port = free_port()
+    proc = start_serve(data_dir, model_dir, port, workers=workers, drain_seconds=4)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert httpx.get(f"{base}/healthcheck", timeout=10).json()["status"] != "draining"
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(0.5)
+        health = [httpx.get(f"{base}/healthcheck", timeout=10) for _ in range(2 * workers)]
+        assert {(r.status_code, r.json()["status"]) for r in health} == {(503, "draining")}
+        assert httpx.get(f"{base}/implants", timeout=10).status_code == 200
+        assert proc.poll() is None
+        proc.wait(60)
+        assert time.monotonic() - signalled >= 3.5, "stopped before the drain was over"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_ctrl_c_of_raiox_demo_stops_the_embedded_postgres(data_dir: Path, model_dir: Path) -> None:

@@ -9,7 +9,7 @@ from litestar import Controller, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from appliance import scrape
+from appliance import draining, scrape
 from appliance.backup.status import backup_metrics
 from appliance.components import Components
 from appliance.metrics import exposition
@@ -31,7 +31,10 @@ class HealthController(Controller):
 
     @get(
         "/healthcheck",
-        summary="Per-component status; 200 while the appliance can identify, else 503",
+        summary=(
+            "Per-component status; 200 while the appliance can identify, else 503 (also while "
+            "a stopping server drains)"
+        ),
         responses={503: ResponseSpec(HealthOut, description="The appliance cannot identify")},
     )
     async def healthcheck(self, components: Components) -> Response[HealthOut]:
@@ -43,8 +46,11 @@ class HealthController(Controller):
         }
         down = any(p.status == "down" for p in parts.values())
         degraded = any(p.status == "degraded" for p in parts.values())
+        status = "down" if down else "degraded" if degraded else "ok"
+        if draining.is_draining():  # stopping: the load balancer must send elsewhere
+            down, status = True, "draining"
         body = HealthOut(
-            status="down" if down else "degraded" if degraded else "ok",
+            status=status,
             model={
                 "id": components.encoder.model_id,
                 "pretrained": components.encoder.pretrained,
