@@ -136,7 +136,7 @@ def test_ctrl_c_of_raiox_demo_stops_the_embedded_postgres(data_dir: Path, model_
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "appliance", "demo", "--port", str(port)],
-            env=appliance_env(data_dir, model_dir),
+            env={**appliance_env(data_dir, model_dir), "PYTHONFAULTHANDLER": "1"},
             cwd=data_dir,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -148,7 +148,12 @@ def test_ctrl_c_of_raiox_demo_stops_the_embedded_postgres(data_dir: Path, model_
             time.sleep(0.5)
         assert postgres_processes(pgdata), "precondition: the demo runs the embedded Postgres"
         proc.send_signal(signal.SIGINT)
-        proc.wait(60)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:  # show where it hangs: every thread's stack
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(10)
+            raise AssertionError(log.read_text()[-6000:]) from None
     finally:
         if proc.poll() is None:
             proc.kill()

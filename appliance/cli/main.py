@@ -143,8 +143,13 @@ def demo(
             typer.echo(
                 f"Serving on http://{settings.server.host}:{port} (docs at /docs); Ctrl-C stops."
             )
-            while thread.is_alive():
-                thread.join(1)
+            # Ctrl-C (and SIGTERM, turned into it) sets an event rather than raising
+            # KeyboardInterrupt inside Thread.join: interrupting join's lock wait can leave the
+            # thread's state inconsistent, and the process then hangs instead of stopping.
+            stop = threading.Event()
+            signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+            while thread.is_alive() and not stop.wait(1):
+                pass
     except KeyboardInterrupt:
         pass
     finally:
