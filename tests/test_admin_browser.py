@@ -141,6 +141,8 @@ def _sign_in(driver: Any, site: Site, username: str, password: str = PASSWORD) -
     _css(driver, "#username").send_keys(username)
     _css(driver, "#password").send_keys(password)
     _css(driver, "#sign-in").click()
+    # wait for the post's answer (signed in, or refused): navigating at once races it
+    _css(driver, "#signed-in-as, #login-error")
 
 
 def _accuracy(driver: Any, site: Site) -> tuple[str, str]:
