@@ -220,7 +220,9 @@ def _spaces_client(settings: Settings) -> SpacesClient | None:
 def load_encoder(settings: Settings) -> Encoder:
     """Load the model and refuse a random-weight one unless explicitly allowed."""
     from appliance.identification.encoder import Encoder
+    from appliance.identification.imaging import keep_pillow_blocks
 
+    keep_pillow_blocks()
     encoder = Encoder.load(
         settings.model_dir,
         intra_op_threads=settings.encoder.intra_op_threads,

@@ -146,8 +146,11 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Any
     _limit(access.per_key, name, "API key")
 
 
-def require_free_disk(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard of every route that stores a new image."""
+async def require_free_disk(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Guard of every route that stores a new image. A statvfs call is microseconds: async,
+    it runs on the loop instead of costing every upload a hop to Litestar's thread pool."""
     access: Access = connection.app.state.access
     if access.disk_low():
         raise InsufficientStorageError(
