@@ -31,6 +31,7 @@ import signal
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +217,7 @@ class DrainingServer(uvicorn.Server):
         )
 
 
-def _drain_on_sigterm(seconds: float, stop: Any) -> None:
+def _drain_on_sigterm(seconds: float, stop: Callable[[], None]) -> None:
     started = False
 
     def handler(sig: int, frame: Any) -> None:
@@ -230,7 +231,7 @@ def _drain_on_sigterm(seconds: float, stop: Any) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _start_drain(seconds: float, stop: Any) -> None:
+def _start_drain(seconds: float, stop: Callable[[], None]) -> None:
     draining.begin()
     log.info("draining for %.0f s: /healthcheck answers 503, requests are still served", seconds)
     timer = threading.Timer(seconds, stop)
