@@ -239,12 +239,20 @@ def _start_drain(seconds: float, stop: Callable[[], None]) -> None:
     timer.start()
 
 
+def _exit_on_sigterm(sig: int, frame: Any) -> None:
+    raise SystemExit(128 + sig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m appliance.server")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
+    # uvicorn re-raises the SIGTERM it stopped on once it has shut down, with the handler it
+    # found installed: the default one would kill the process before the `finally` below and
+    # leave these temporary directories behind at every stop. This one exits normally.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     created = prepare_metrics_dir(args.workers)
     state = Path(tempfile.mkdtemp(prefix="raiox-serve-"))
     os.environ[draining.MARKER_ENV] = str(state / "draining")  # the workers inherit it

@@ -64,10 +64,18 @@ def appliance_env(data_dir: Path, model_dir: Path) -> dict[str, str]:
 
 
 def start_serve(
-    data_dir: Path, model_dir: Path, port: int, *, workers: int = 1, drain_seconds: float = 0
+    data_dir: Path,
+    model_dir: Path,
+    port: int,
+    *,
+    workers: int = 1,
+    drain_seconds: float = 0,
+    tmp_dir: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     env = appliance_env(data_dir, model_dir)
     env["RAIOX_DRAIN_SECONDS"] = str(drain_seconds)
+    if tmp_dir is not None:
+        env["TMPDIR"] = str(tmp_dir)
     command = [sys.executable, "-m", "appliance", "serve", "--port", str(port)]
     with open(data_dir / f"serve-{port}.log", "wb") as log:
         proc = subprocess.Popen(
@@ -108,9 +116,12 @@ def test_sigterm_after_a_sigkilled_server_stops_the_embedded_postgres(
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_drains_before_stopping(data_dir: Path, model_dir: Path, workers: int) -> None:
     """Behind a load balancer: after SIGTERM /healthcheck says "draining" (503) while requests
-    are still answered, for RAIOX_DRAIN_SECONDS; then the server stops."""
+    are still answered, for RAIOX_DRAIN_SECONDS; then the server stops and removes its
+    temporary directories (the drain marker's, the workers' metrics)."""
     port = free_port()
-    proc = start_serve(data_dir, model_dir, port, workers=workers, drain_seconds=4)
+    tmp_dir = data_dir / "tmp"
+    tmp_dir.mkdir()
+    proc = start_serve(data_dir, model_dir, port, workers=workers, drain_seconds=4, tmp_dir=tmp_dir)
     base = f"http://127.0.0.1:{port}"
     try:
         assert httpx.get(f"{base}/healthcheck", timeout=10).json()["status"] != "draining"
@@ -123,6 +134,8 @@ def test_sigterm_drains_before_stopping(data_dir: Path, model_dir: Path, workers
         assert proc.poll() is None
         proc.wait(60)
         assert time.monotonic() - signalled >= 3.5, "stopped before the drain was over"
+        left = sorted(p.name for p in tmp_dir.glob("raiox-*"))
+        assert not left, f"the stopped server left {left} in its TMPDIR"
     finally:
         if proc.poll() is None:
             proc.kill()

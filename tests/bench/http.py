@@ -27,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import argparse
 import asyncio
+import atexit
 import io
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -134,6 +136,8 @@ def main() -> None:
     scale = 0.25 if args.quick else 1.0
     ensure_model(args.model_dir)
     data_dir = Path(tempfile.mkdtemp(prefix="raiox-bench-", dir="/tmp"))
+    # Last out (atexit is LIFO): after the baseline's Postgres on this directory has stopped.
+    atexit.register(shutil.rmtree, data_dir, True)
     env = {
         **os.environ,
         "RAIOX_DATA_DIR": str(data_dir),
