@@ -13,6 +13,8 @@
 #   4. upgrade.yml to a release whose api cannot start: it rolls back, restores the pre-upgrade
 #      backup, and the appliance answers with the same data.
 #   5. Backup, destroy the database volume, restore: same catalog and submissions.
+#   6. That backup restored into, and dumped again from, a Postgres reached by verified TLS (the
+#      managed-services path) with the image's own clients; a certificate of another CA refused.
 # RAIOX_E2E_QUICK=1 skips 4 and the second site.yml (for iterating; `make e2e` runs everything).
 # Each phase's seconds are printed at the end.
 # A trap tears down what this started: the stack, its volumes and networks, the deploy
@@ -279,6 +281,56 @@ if [ "$has_backup" = yes ]; then
     >"$work/restore.log" 2>&1 || { cat "$work/restore.log"; fail "raiox restore"; }
   compose up -d --wait >/dev/null 2>&1 || fail "the stack after the restore"
   "$venv/bin/python" tests/e2e/checks.py same "$url" "$state" || fail "data after the restore"
+
+  # --- 6. The image against a Postgres that speaks TLS only through verify-full -------------
+  # What the managed-services variant does (compose.managed.yaml), with a real PostgreSQL 17 +
+  # pgvector (the stack's own image, ssl=on) under a dotted name and a CA of the test's own:
+  # the image's asyncpg, pg_restore and pg_dump verify it; another CA is refused by name.
+  phase "restore and back up over verified TLS (db.e2e.test)"
+  tls="$work/tls"
+  mkdir -p "$tls"
+  ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "$@" 2>/dev/null; }
+  # Extensions as a strict verifier (Python 3.13's default) wants them: key usages, key ids.
+  for ca in ca other; do
+    ec -x509 -days 2 -subj "/CN=raiox-e2e-$ca" -addext keyUsage=critical,keyCertSign,cRLSign \
+      -keyout "$tls/$ca.key" -out "$tls/$ca.crt"
+  done
+  mv "$tls/other.crt" "$tls/other-ca.crt"
+  ec -subj /CN=db.e2e.test -keyout "$tls/server.key" -out "$tls/server.csr"
+  printf '%s\n' subjectAltName=DNS:db.e2e.test basicConstraints=CA:FALSE \
+    keyUsage=critical,digitalSignature extendedKeyUsage=serverAuth \
+    subjectKeyIdentifier=hash authorityKeyIdentifier=keyid >"$tls/server.ext"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial \
+    -days 2 -extfile "$tls/server.ext" -out "$tls/server.crt" 2>/dev/null
+  chmod 0644 "$tls"/*  # throwaway keys; the server copies its own to a 0600 file
+  docker run -d --name raiox-e2e-tlsdb --label com.docker.compose.project=raiox \
+    --network raiox_internal --network-alias db.e2e.test -e POSTGRES_PASSWORD=e2e-tls \
+    -v "$tls:/tls:ro" --entrypoint sh "$(docker inspect -f '{{.Config.Image}}' raiox-postgres-1)" \
+    -c 'install -m 0600 /tls/server.key /tmp/server.key && exec postgres-entrypoint \
+        -c ssl=on -c ssl_cert_file=/tls/server.crt -c ssl_key_file=/tmp/server.key' >/dev/null
+  for _ in $(seq 60); do
+    docker exec raiox-e2e-tlsdb pg_isready -q -h 127.0.0.1 -d raiox 2>/dev/null && break
+    sleep 1
+  done
+  over_tls() { # a one-off backup container on db.e2e.test, trusting the CA file $1
+    local ca="$1"; shift
+    compose run --rm -T --no-deps -v "$tls:/etc/raiox/e2e-tls:ro" \
+      -e "RAIOX_DATABASE_URL=postgresql://raiox:e2e-tls@db.e2e.test:5432/raiox?sslmode=verify-full" \
+      -e "RAIOX_DATABASE_CA_FILE=/etc/raiox/e2e-tls/$ca" backup "$@"
+  }
+  if over_tls other-ca.crt raiox migrate >"$work/tls-refused.log" 2>&1; then
+    fail "a database certificate from another CA was accepted"
+  fi
+  grep -q RAIOX_DATABASE_CA_FILE "$work/tls-refused.log" \
+    || { cat "$work/tls-refused.log"; fail "the refusal does not name RAIOX_DATABASE_CA_FILE"; }
+  over_tls ca.crt raiox restore /var/lib/raiox/backups/e2e/latest.json >"$work/tls-restore.log" 2>&1 \
+    || { cat "$work/tls-restore.log"; fail "raiox restore over TLS"; }
+  over_tls ca.crt raiox backup --out /var/lib/raiox/backups/e2e-tls >"$work/tls-backup.log" 2>&1 \
+    || { cat "$work/tls-backup.log"; fail "raiox backup over TLS"; }
+  over_tls ca.crt raiox-probe postgres || fail "the container probe over TLS"
+  [ "$(grep '^rows:' "$work/tls-backup.log")" = "$(grep '^rows:' "$work/backup.log")" ] \
+    || { grep -h '^rows:' "$work/backup.log" "$work/tls-backup.log"; fail "rows differ over TLS"; }
+  echo "  another CA refused by name; restored, backed up and probed over TLS: $(grep '^rows:' "$work/tls-backup.log")"
 else
   log "SKIPPED backup/restore: this appliance has no 'raiox backup' yet"
 fi
