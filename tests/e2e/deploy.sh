@@ -13,8 +13,9 @@
 #   4. upgrade.yml to a release whose api cannot start: it rolls back, restores the pre-upgrade
 #      backup, and the appliance answers with the same data.
 #   5. Backup, destroy the database volume, restore: same catalog and submissions.
-#   6. That backup restored into, and dumped again from, a Postgres reached by verified TLS (the
-#      managed-services path) with the image's own clients; a certificate of another CA refused.
+#   6. The managed-services override's services against TLS-only Postgres and Redis: that
+#      backup restored and dumped again, the api's database and cache up, the exporters reading
+#      both; a certificate of another CA refused.
 # RAIOX_E2E_QUICK=1 skips 4 and the second site.yml (for iterating; `make e2e` runs everything).
 # Each phase's seconds are printed at the end.
 # A trap tears down what this started: the stack, its volumes and networks, the deploy
@@ -174,13 +175,14 @@ phase "compose.managed.yaml merges"
 # interpolation and schema): with the four variables set, the merged stack has no local
 # postgres or redis, nothing depends on them, and every connecting service gets the CA files;
 # with one missing, Compose refuses and names it.
-managed() {
-  docker compose --project-directory "$compose_dir" -f "$compose_dir/compose.yaml" \
-    -f "$root/compose/compose.managed.yaml" config --format json
+managed() { # the deployed stack with the managed-services override (its postgres and redis
+  # are orphans to it: not an error)
+  COMPOSE_IGNORE_ORPHANS=1 docker compose --project-directory "$compose_dir" -f "$compose_dir/compose.yaml" \
+    -f "$root/compose/compose.managed.yaml" "$@"
 }
 export RAIOX_DATABASE_CA_PATH=/etc/ssl/certs/ca-certificates.crt RAIOX_REDIS_CA_PATH=/etc/ssl/certs/ca-certificates.crt
 RAIOX_DATABASE_URL='postgresql://raiox:x@db.example.test:25060/raiox?sslmode=verify-full' \
-RAIOX_REDIS_URL='rediss://default:x@cache.example.test:25061/0' managed >"$work/managed.json" 2>"$work/managed.err" \
+RAIOX_REDIS_URL='rediss://default:x@cache.example.test:25061/0' managed config --format json >"$work/managed.json" 2>"$work/managed.err" \
   || { cat "$work/managed.err"; fail "compose.managed.yaml does not merge"; }
 "$venv/bin/python" - "$work/managed.json" <<'PY' || fail "the merged managed stack"
 import json, sys
@@ -194,7 +196,7 @@ for name in ("api", "sync", "backup"):
     assert env["RAIOX_DATABASE_CA_FILE"] in mounts and env["RAIOX_REDIS_CA_FILE"] in mounts, name
 print(f"  merged: {len(services)} services, no local postgres/redis, CA files mounted")
 PY
-if RAIOX_REDIS_URL='rediss://x@cache.example.test:25061/0' managed >/dev/null 2>"$work/managed.err"; then
+if RAIOX_REDIS_URL='rediss://x@cache.example.test:25061/0' managed config >/dev/null 2>"$work/managed.err"; then
   fail "compose.managed.yaml merged without RAIOX_DATABASE_URL"
 fi
 grep -q RAIOX_DATABASE_URL "$work/managed.err" || { cat "$work/managed.err"; fail "the refusal does not name RAIOX_DATABASE_URL"; }
@@ -282,11 +284,13 @@ if [ "$has_backup" = yes ]; then
   compose up -d --wait >/dev/null 2>&1 || fail "the stack after the restore"
   "$venv/bin/python" tests/e2e/checks.py same "$url" "$state" || fail "data after the restore"
 
-  # --- 6. The image against a Postgres that speaks TLS only through verify-full -------------
-  # What the managed-services variant does (compose.managed.yaml), with a real PostgreSQL 17 +
-  # pgvector (the stack's own image, ssl=on) under a dotted name and a CA of the test's own:
-  # the image's asyncpg, pg_restore and pg_dump verify it; another CA is refused by name.
-  phase "restore and back up over verified TLS (db.e2e.test)"
+  # --- 6. The managed-services variant against TLS-only services ---------------------------
+  # compose.managed.yaml's services, as Compose merges them, against a real PostgreSQL 17 +
+  # pgvector (the stack's own image, ssl=on) and a Redis that listens with TLS only, both under
+  # dotted names with certificates of a CA of the test's own: a certificate of another CA is
+  # refused by name; the e2e backup is restored and dumped again (the image's pg_restore and
+  # pg_dump), the api reports database and cache up, the exporters read both.
+  phase "managed variant: TLS-only Postgres and Redis (verify-full)"
   tls="$work/tls"
   mkdir -p "$tls"
   ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "$@" 2>/dev/null; }
@@ -295,41 +299,71 @@ if [ "$has_backup" = yes ]; then
     ec -x509 -days 2 -subj "/CN=raiox-e2e-$ca" -addext keyUsage=critical,keyCertSign,cRLSign \
       -keyout "$tls/$ca.key" -out "$tls/$ca.crt"
   done
-  mv "$tls/other.crt" "$tls/other-ca.crt"
   ec -subj /CN=db.e2e.test -keyout "$tls/server.key" -out "$tls/server.csr"
-  printf '%s\n' subjectAltName=DNS:db.e2e.test basicConstraints=CA:FALSE \
+  printf '%s\n' subjectAltName=DNS:db.e2e.test,DNS:cache.e2e.test basicConstraints=CA:FALSE \
     keyUsage=critical,digitalSignature extendedKeyUsage=serverAuth \
     subjectKeyIdentifier=hash authorityKeyIdentifier=keyid >"$tls/server.ext"
   openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial \
     -days 2 -extfile "$tls/server.ext" -out "$tls/server.crt" 2>/dev/null
-  chmod 0644 "$tls"/*  # throwaway keys; the server copies its own to a 0600 file
-  docker run -d --name raiox-e2e-tlsdb --label com.docker.compose.project=raiox \
-    --network raiox_internal --network-alias db.e2e.test -e POSTGRES_PASSWORD=e2e-tls \
-    -v "$tls:/tls:ro" --entrypoint sh "$(docker inspect -f '{{.Config.Image}}' raiox-postgres-1)" \
+  chmod 0644 "$tls"/*  # throwaway keys; Postgres copies its own to a 0600 file
+  image_of() { docker inspect -f '{{.Config.Image}}' "$1"; }
+  extra=(--label com.docker.compose.project=raiox --network raiox_internal -v "$tls:/tls:ro")
+  docker run -d --name raiox-e2e-tlsdb "${extra[@]}" --network-alias db.e2e.test \
+    -e POSTGRES_PASSWORD=e2e-tls --entrypoint sh "$(image_of raiox-postgres-1)" \
     -c 'install -m 0600 /tls/server.key /tmp/server.key && exec postgres-entrypoint \
         -c ssl=on -c ssl_cert_file=/tls/server.crt -c ssl_key_file=/tmp/server.key' >/dev/null
+  docker run -d --name raiox-e2e-tlscache "${extra[@]}" --network-alias cache.e2e.test \
+    "$(image_of raiox-redis-1)" redis-server --port 0 --tls-port 6380 --tls-auth-clients no \
+    --tls-cert-file /tls/server.crt --tls-key-file /tls/server.key --requirepass e2e-tls \
+    --bind 0.0.0.0 --protected-mode no --save "" --appendonly no >/dev/null
   for _ in $(seq 60); do
     docker exec raiox-e2e-tlsdb pg_isready -q -h 127.0.0.1 -d raiox 2>/dev/null && break
     sleep 1
   done
-  over_tls() { # a one-off backup container on db.e2e.test, trusting the CA file $1
-    local ca="$1"; shift
-    compose run --rm -T --no-deps -v "$tls:/etc/raiox/e2e-tls:ro" \
-      -e "RAIOX_DATABASE_URL=postgresql://raiox:e2e-tls@db.e2e.test:5432/raiox?sslmode=verify-full" \
-      -e "RAIOX_DATABASE_CA_FILE=/etc/raiox/e2e-tls/$ca" backup "$@"
-  }
-  if over_tls other-ca.crt raiox migrate >"$work/tls-refused.log" 2>&1; then
+  export RAIOX_DATABASE_URL='postgresql://raiox:e2e-tls@db.e2e.test:5432/raiox?sslmode=verify-full'
+  export RAIOX_REDIS_URL='rediss://default:e2e-tls@cache.e2e.test:6380/0'
+  export RAIOX_DATABASE_CA_PATH="$tls/ca.crt" RAIOX_REDIS_CA_PATH="$tls/ca.crt"
+  once() { managed run --rm -T --no-deps "$@"; }
+  if RAIOX_DATABASE_CA_PATH="$tls/other.crt" once backup raiox migrate >"$work/tls-refused.log" 2>&1; then
     fail "a database certificate from another CA was accepted"
   fi
   grep -q RAIOX_DATABASE_CA_FILE "$work/tls-refused.log" \
     || { cat "$work/tls-refused.log"; fail "the refusal does not name RAIOX_DATABASE_CA_FILE"; }
-  over_tls ca.crt raiox restore /var/lib/raiox/backups/e2e/latest.json >"$work/tls-restore.log" 2>&1 \
+  once backup raiox restore /var/lib/raiox/backups/e2e/latest.json >"$work/tls-restore.log" 2>&1 \
     || { cat "$work/tls-restore.log"; fail "raiox restore over TLS"; }
-  over_tls ca.crt raiox backup --out /var/lib/raiox/backups/e2e-tls >"$work/tls-backup.log" 2>&1 \
+  once backup raiox backup --out /var/lib/raiox/backups/e2e-tls >"$work/tls-backup.log" 2>&1 \
     || { cat "$work/tls-backup.log"; fail "raiox backup over TLS"; }
-  over_tls ca.crt raiox-probe postgres || fail "the container probe over TLS"
+  once backup raiox-probe postgres || fail "the container probe over TLS"
   [ "$(grep '^rows:' "$work/tls-backup.log")" = "$(grep '^rows:' "$work/backup.log")" ] \
     || { grep -h '^rows:' "$work/backup.log" "$work/tls-backup.log"; fail "rows differ over TLS"; }
+  for svc in api postgres-exporter redis-exporter; do
+    managed run -d --no-deps --name "raiox-e2e-managed-$svc" "$svc" >/dev/null
+  done
+  scrape() { # a metric line from an exporter, through its own bash
+    docker exec "raiox-e2e-managed-$1" bash -c "exec 3<>/dev/tcp/127.0.0.1/$2 &&
+      printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3" 2>/dev/null | grep -E "^$3 " || true
+  }
+  managed_ok=no
+  for _ in $(seq 90); do
+    health="$(docker exec raiox-e2e-managed-api python3 -c '
+import json, urllib.request
+parts = json.load(urllib.request.urlopen("http://127.0.0.1:8000/healthcheck"))["components"]
+print(" ".join(k + "=" + v["status"] for k, v in sorted(parts.items())))' 2>/dev/null || true)"
+    pg_up="$(scrape postgres-exporter 9187 pg_up)" redis_up="$(scrape redis-exporter 9121 redis_up)"
+    if [[ "$health" == *"cache=ok"*"database=ok"* && "$pg_up" == "pg_up 1" && "$redis_up" == "redis_up 1" ]]; then
+      managed_ok=yes
+      break
+    fi
+    sleep 1
+  done
+  echo "  api: ${health:-no answer}; exporters: ${pg_up:-no pg_up}, ${redis_up:-no redis_up}"
+  [ "$managed_ok" = yes ] || {
+    for svc in api postgres-exporter redis-exporter; do docker logs --tail 15 "raiox-e2e-managed-$svc" 2>&1; done
+    fail "the managed variant"
+  }
+  docker rm -f raiox-e2e-managed-api raiox-e2e-managed-postgres-exporter \
+    raiox-e2e-managed-redis-exporter raiox-e2e-tlsdb raiox-e2e-tlscache >/dev/null
+  unset RAIOX_DATABASE_URL RAIOX_REDIS_URL RAIOX_DATABASE_CA_PATH RAIOX_REDIS_CA_PATH
   echo "  another CA refused by name; restored, backed up and probed over TLS: $(grep '^rows:' "$work/tls-backup.log")"
 else
   log "SKIPPED backup/restore: this appliance has no 'raiox backup' yet"
