@@ -101,7 +101,9 @@ def test_sigterm_after_a_sigkilled_server_stops_the_embedded_postgres(
     data_dir: Path, model_dir: Path
 ) -> None:
     pgdata = (data_dir / "postgres").resolve()
-    first = start_serve(data_dir, model_dir, free_port())
+    tmp_dir = data_dir / "tmp"  # where the killed server's temporary folder is left, and removed
+    tmp_dir.mkdir()
+    first = start_serve(data_dir, model_dir, free_port(), tmp_dir=tmp_dir)
     first.kill()  # SIGKILL: no lifespan, no exit handlers; its id stays in pgserver's list
     first.wait(10)
     assert postgres_processes(pgdata), "precondition: the killed server left Postgres running"
