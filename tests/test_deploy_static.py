@@ -7,7 +7,6 @@ The live deploy is tests/e2e/deploy.sh (`make e2e`)."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.fixtures.compose import compose_config, needs_compose
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_DIR = ROOT / "compose"
@@ -52,32 +53,9 @@ def test_compose_file_follows_the_compose_specification() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _docker_compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    project = tmp_path / "compose"
-    project.mkdir(exist_ok=True)
-    shutil.copy(COMPOSE_FILE, project / "compose.yaml")
-    (project / "appliance.env").write_text("")
-    (project / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    return subprocess.run(
-        ["docker", "compose", "--project-directory", project, "config", "-q"],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
-    )
-
-
-def _has_compose() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-
-
-needs_compose = pytest.mark.skipif(not _has_compose(), reason="docker compose plugin absent")
-
-
 @needs_compose
 def test_docker_compose_accepts_the_stack(tmp_path: Path) -> None:
-    result = _docker_compose_config(tmp_path, REQUIRED_ENV)
+    result = compose_config(tmp_path, REQUIRED_ENV)
     assert result.returncode == 0, result.stderr
 
 
@@ -87,7 +65,7 @@ def test_docker_compose_accepts_the_stack(tmp_path: Path) -> None:
 )
 def test_the_stack_refuses_to_start_without_a_secret(tmp_path: Path, missing: str) -> None:
     env = {k: v for k, v in REQUIRED_ENV.items() if k != missing}
-    result = _docker_compose_config(tmp_path, env)
+    result = compose_config(tmp_path, env)
     assert result.returncode != 0
     assert missing in result.stderr
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -40,6 +39,7 @@ from appliance.identification.cache import CacheTlsError, RedisEmbeddingCache
 from appliance.identification.encoder import Encoder
 from appliance.settings import CacheSettings, Settings, SettingsError
 from tests.fixtures.appliance import appliance_settings, asgi_client, quiet_progress
+from tests.fixtures.compose import compose_config, needs_compose
 from tests.fixtures.redis import free_port
 from tests.fixtures.tls import TestCa, TlsPostgres, TlsRedis
 
@@ -401,40 +401,12 @@ MANAGED_ENV = {
 }
 MANAGED_VARIABLES = [k for k in MANAGED_ENV if k.startswith(("RAIOX_DATABASE", "RAIOX_REDIS"))]
 CONNECTING = ("api", "sync", "backup", "postgres-exporter", "redis-exporter")
-
-
-def _has_compose() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-
-
-needs_compose = pytest.mark.skipif(not _has_compose(), reason="docker compose plugin absent")
-
-
-def _compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`docker compose config` on both files, as Ansible lays them out (COMPOSE_FILE in .env)."""
-    project = tmp_path / "compose"
-    project.mkdir(exist_ok=True)
-    for name in ("compose.yaml", "compose.managed.yaml"):
-        shutil.copy(COMPOSE_DIR / name, project / name)
-    (project / "appliance.env").write_text("")
-    lines = [f"{k}={v}\n" for k, v in env.items()]
-    (project / ".env").write_text(
-        "".join(lines) + "COMPOSE_FILE=compose.yaml:compose.managed.yaml\n"
-    )
-    return subprocess.run(
-        ["docker", "compose", "config", "--format", "yaml"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
-    )
+MANAGED_FILES = ("compose.yaml", "compose.managed.yaml")
 
 
 @needs_compose
 def test_the_managed_stack_has_no_local_database_or_cache(tmp_path: Path) -> None:
-    done = _compose_config(tmp_path, MANAGED_ENV)
+    done = compose_config(tmp_path, MANAGED_ENV, MANAGED_FILES)
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     services = config["services"]
@@ -468,7 +440,7 @@ def test_the_managed_stack_has_no_local_database_or_cache(tmp_path: Path) -> Non
 @pytest.mark.parametrize("missing", MANAGED_VARIABLES)
 def test_the_managed_stack_requires_each_url_and_ca(tmp_path: Path, missing: str) -> None:
     env = {k: v for k, v in MANAGED_ENV.items() if k != missing}
-    done = _compose_config(tmp_path, env)
+    done = compose_config(tmp_path, env, MANAGED_FILES)
     assert done.returncode != 0
     assert missing in done.stderr
 
