@@ -14,11 +14,11 @@ from litestar.testing import AsyncTestClient
 
 from appliance.app import create_app
 from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_reference
-from appliance.catalog.importer import import_catalog, read_manifest, reembed_catalog
+from appliance.catalog.importer import read_manifest, reembed_catalog
 from appliance.catalog.repository import CatalogEmptyError
 from appliance.components import UntrainedModelError, build_components, load_encoder
 from appliance.database import apply_migrations
-from tests.fixtures.appliance import appliance_settings, asgi_client, quiet_progress
+from tests.fixtures.appliance import appliance_settings, asgi_client, load_catalog, quiet_progress
 
 
 async def test_migrations_apply_twice(database_url: str) -> None:
@@ -62,16 +62,9 @@ async def test_import_is_idempotent_and_reembed_fixes_model_ids(
     comps = await build_components(settings)
     try:
         specs = read_manifest(write_manifest(tmp_path))
-        args: dict[str, Any] = {
-            "pool": comps.database.pool,
-            "catalog": comps.catalog,
-            "embedder": comps.embedder,
-            "store": comps.store,
-            "progress": quiet_progress,
-        }
-        first = await import_catalog(specs, **args)
+        first = await load_catalog(comps, specs)
         assert (first.implants, first.embedded, first.skipped) == (4, 8, 0)
-        second = await import_catalog(specs, **args)
+        second = await load_catalog(comps, specs)
         assert (second.embedded, second.skipped) == (0, 8)
         pool = comps.database.pool
         assert await pool.fetchval("SELECT count(*) FROM implants") == 4
@@ -134,14 +127,7 @@ async def test_a_catalog_loaded_by_another_process_is_seen_at_once(
     try:
         with pytest.raises(CatalogEmptyError):
             await serving.catalog.check_model(serving.encoder.model_id)
-        await import_catalog(
-            read_manifest(write_manifest(tmp_path)),
-            pool=loading.database.pool,
-            catalog=loading.catalog,
-            embedder=loading.embedder,
-            store=loading.store,
-            progress=quiet_progress,
-        )
+        await load_catalog(loading, read_manifest(write_manifest(tmp_path)))
         stats = await serving.catalog.check_model(serving.encoder.model_id)
         assert stats.references == 8
     finally:
@@ -167,14 +153,7 @@ async def test_database_down_is_a_503_and_leaves_no_untracked_image(
         try:
             from appliance.catalog.importer import demo_specs
 
-            await import_catalog(
-                demo_specs(1)[:3],
-                pool=comps.database.pool,
-                catalog=comps.catalog,
-                embedder=comps.embedder,
-                store=comps.store,
-                progress=quiet_progress,
-            )
+            await load_catalog(comps, demo_specs(1)[:3])
             async with asgi_client(comps) as client:
                 server.cleanup()  # stop Postgres under the running app
                 await asyncio.sleep(0.5)

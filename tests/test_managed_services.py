@@ -31,14 +31,14 @@ from appliance.app import create_app
 from appliance.backup.create import create_backup
 from appliance.backup.pgtools import PgTool, PgToolError, find_tool, needs_tls, speaks_tls
 from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_patient_sample
-from appliance.catalog.importer import demo_specs, import_catalog
+from appliance.catalog.importer import demo_specs
 from appliance.cli.main import app as cli
 from appliance.components import Components, open_components
 from appliance.database import Database, DatabaseTlsError, server_url, warn_if_plaintext
 from appliance.identification.cache import CacheTlsError, RedisEmbeddingCache
 from appliance.identification.encoder import Encoder
 from appliance.settings import CacheSettings, Settings, SettingsError
-from tests.fixtures.appliance import appliance_settings, asgi_client, quiet_progress
+from tests.fixtures.appliance import appliance_settings, asgi_client, load_catalog, quiet_progress
 from tests.fixtures.compose import compose_config, needs_compose
 from tests.fixtures.redis import free_port
 from tests.fixtures.tls import TestCa, TlsPostgres, TlsRedis
@@ -193,14 +193,7 @@ async def test_migrates_and_identifies_over_verified_tls(
     assert version >= 6
     assert await comps.database.pool.fetchval("SELECT extname FROM pg_extension "
                                               "WHERE extname = 'vector'") == "vector"  # fmt: skip
-    await import_catalog(
-        demo_specs(1),
-        pool=comps.database.pool,
-        catalog=comps.catalog,
-        embedder=comps.embedder,
-        store=comps.store,
-        progress=quiet_progress,
-    )
+    await load_catalog(comps, demo_specs(1))
     async with asgi_client(comps) as client:
         image = png_bytes(render_patient_sample(DEMO_IMPLANTS[3], seed=5))
         response = await client.post("/upload", files={"file": ("x.png", image)})
