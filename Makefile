@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-system-deps:
+# The services the tests start, and Docker with the Compose plugin (tests/e2e/install.sh) for
+# the deploy test and pytest's `docker compose config` checks.
+system-deps: $(STAMP)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	bare=""; for p in $(APT_PACKAGES_NO_RECOMMENDS); do dpkg -s $$p >/dev/null 2>&1 || bare="$$bare $$p"; done; \
 	if [ -n "$$missing$$bare" ]; then apt-get update -q; fi; \
@@ -30,6 +32,7 @@ system-deps:
 	  echo "installing (no recommends):$$bare"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$bare; \
 	fi
+	bash tests/e2e/install.sh
 
 run: $(STAMP)
 	RAIOX_ALLOW_UNTRAINED_MODEL=$${RAIOX_ALLOW_UNTRAINED_MODEL:-1} \
@@ -40,8 +43,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) system-deps lint e2e
-	$(VENV)/bin/pytest -q
+# pytest and the deploy test run side by side (tests/suite.sh).
+test: $(STAMP) system-deps lint
+	bash tests/suite.sh
 
 # The same suite in a random order (modules and the tests in each); the seed is printed, and
 # `-p random_order --random-order-seed=N` replays it. Every test must pass alone and in any order.

