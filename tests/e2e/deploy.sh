@@ -12,9 +12,10 @@
 #   4. upgrade.yml to a release whose api cannot start: it rolls back, restores the pre-upgrade
 #      backup, and the appliance answers with the same data.
 #   5. Backup, destroy the database volume, restore: same catalog and submissions.
-#   6. The managed-services override's services against TLS-only Postgres and Redis: that
-#      backup restored and dumped again, the api's database and cache up, the exporters reading
-#      both; a certificate of another CA refused.
+#   6. Managed services: TLS-only Postgres and Redis containers; a certificate of another CA
+#      refused; that backup restored into them and dumped again; then site.yml with
+#      appliance_managed_services moves the stack onto them (the local postgres and redis gone,
+#      the same data served, every replica's database and cache up, the exporters reading both).
 # RAIOX_E2E_QUICK=1 skips 4 and the second site.yml (for iterating; `make e2e` runs everything).
 # Each phase's seconds are printed at the end.
 # A trap tears down what this started: the stack, its volumes and networks, the deploy
@@ -56,6 +57,8 @@ teardown() {
   set +e
   phase "teardown"
   if docker info >/dev/null 2>&1; then
+    # The TLS services of phase 6 first: they are attached to the stack's network.
+    docker ps -aq --filter label=raiox.e2e=managed-services | xargs -r docker rm -f >/dev/null
     [ -f "$compose_dir/compose.yaml" ] && docker compose --project-directory "$compose_dir" \
       --profile grafana down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1
     docker ps -aq --filter label=com.docker.compose.project=raiox | xargs -r docker rm -f >/dev/null
@@ -276,7 +279,7 @@ if [ "$has_backup" = yes ]; then
     -days 2 -extfile "$tls/server.ext" -out "$tls/server.crt" 2>/dev/null
   chmod 0644 "$tls"/*  # throwaway keys; Postgres copies its own to a 0600 file
   image_of() { docker inspect -f '{{.Config.Image}}' "$1"; }
-  extra=(--label com.docker.compose.project=raiox --network raiox_internal -v "$tls:/tls:ro")
+  extra=(--label raiox.e2e=managed-services --network raiox_internal -v "$tls:/tls:ro")
   docker run -d --name raiox-e2e-tlsdb "${extra[@]}" --network-alias db.e2e.test \
     -e POSTGRES_PASSWORD=e2e-tls --entrypoint sh "$(image_of raiox-postgres-1)" \
     -c 'install -m 0600 /tls/server.key /tmp/server.key && exec postgres-entrypoint \
@@ -310,35 +313,51 @@ if [ "$has_backup" = yes ]; then
   once backup raiox-probe postgres || fail "the container probe over TLS"
   [ "$(grep '^rows:' "$work/tls-backup.log")" = "$(grep '^rows:' "$work/backup.log")" ] \
     || { grep -h '^rows:' "$work/backup.log" "$work/tls-backup.log"; fail "rows differ over TLS"; }
-  for svc in api postgres-exporter redis-exporter; do
-    managed run -d --no-deps --name "raiox-e2e-managed-$svc" "$svc" >/dev/null
-  done
+  echo "  another CA refused by name; restored, backed up and probed over TLS: $(grep '^rows:' "$work/tls-backup.log")"
+  # (Compose prefers the environment to .env: what site.yml writes must be all it reads.)
+  db_url="$RAIOX_DATABASE_URL" redis_url="$RAIOX_REDIS_URL"
+  unset RAIOX_DATABASE_URL RAIOX_REDIS_URL RAIOX_DATABASE_CA_PATH RAIOX_REDIS_CA_PATH
+  # Then the operator's way: site.yml with appliance_managed_services (the CA files copied,
+  # .env naming both compose files): the local postgres and redis go, every replica, the sync
+  # workers and the exporters use the TLS services, and the restored data is what it serves.
+  printf '%s\n' "{\"appliance_managed_services\": true," \
+    "\"appliance_managed_database_url\": \"$db_url\", \"appliance_managed_redis_url\": \"$redis_url\"," \
+    "\"appliance_database_ca_src\": \"$tls/ca.crt\", \"appliance_redis_ca_src\": \"$tls/ca.crt\"}" \
+    >"$work/managed.json"
+  playbook ansible/site.yml -e "appliance_version=$version" -e "@$work/managed.json" \
+    >"$work/site-managed.log" 2>&1 || { tail -40 "$work/site-managed.log"; fail "site.yml with managed services"; }
+  slowest "$work/site-managed.log"
+  grep -qx 'COMPOSE_FILE=compose.yaml:compose.managed.yaml' "$compose_dir/.env" \
+    || fail ".env does not name the managed override"
+  local_left="$(docker ps -q --filter label=com.docker.compose.project=raiox \
+    --filter label=com.docker.compose.service=postgres; docker ps -q \
+    --filter label=com.docker.compose.project=raiox --filter label=com.docker.compose.service=redis)"
+  [ -z "$local_left" ] || fail "the local postgres or redis still runs with managed services"
+  "$venv/bin/python" tests/e2e/checks.py same "$url" "$state" || fail "the data restored into the managed Postgres"
   scrape() { # a metric line from an exporter, through its own bash
-    docker exec "raiox-e2e-managed-$1" bash -c "exec 3<>/dev/tcp/127.0.0.1/$2 &&
+    docker exec "raiox-$1-1" bash -c "exec 3<>/dev/tcp/127.0.0.1/$2 &&
       printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3" 2>/dev/null | grep -E "^$3 " || true
   }
   managed_ok=no
-  for _ in $(seq 90); do
-    health="$(docker exec raiox-e2e-managed-api python3 -c '
+  for _ in $(seq 60); do
+    health="$(for index in $(seq "$replicas"); do docker exec "raiox-api-$index" python3 -c '
 import json, urllib.request
 parts = json.load(urllib.request.urlopen("http://127.0.0.1:8000/healthcheck"))["components"]
-print(" ".join(k + "=" + v["status"] for k, v in sorted(parts.items())))' 2>/dev/null || true)"
+print(" ".join(k + "=" + v["status"] for k, v in sorted(parts.items())))' 2>/dev/null || echo down; done)"
     pg_up="$(scrape postgres-exporter 9187 pg_up)" redis_up="$(scrape redis-exporter 9121 redis_up)"
-    if [[ "$health" == *"cache=ok"*"database=ok"* && "$pg_up" == "pg_up 1" && "$redis_up" == "redis_up 1" ]]; then
+    if [ "$(grep -c 'cache=ok.*database=ok' <<<"$health")" = "$replicas" ] \
+      && [ "$pg_up" = "pg_up 1" ] && [ "$redis_up" = "redis_up 1" ]; then
       managed_ok=yes
       break
     fi
     sleep 1
   done
-  echo "  api: ${health:-no answer}; exporters: ${pg_up:-no pg_up}, ${redis_up:-no redis_up}"
+  echo "  api replicas: $(paste -sd ';' <<<"$health"); exporters: ${pg_up:-no pg_up}, ${redis_up:-no redis_up}"
   [ "$managed_ok" = yes ] || {
-    for svc in api postgres-exporter redis-exporter; do docker logs --tail 15 "raiox-e2e-managed-$svc" 2>&1; done
+    for svc in api-1 postgres-exporter-1 redis-exporter-1; do docker logs --tail 15 "raiox-$svc" 2>&1; done
     fail "the managed variant"
   }
-  docker rm -f raiox-e2e-managed-api raiox-e2e-managed-postgres-exporter \
-    raiox-e2e-managed-redis-exporter raiox-e2e-tlsdb raiox-e2e-tlscache >/dev/null
-  unset RAIOX_DATABASE_URL RAIOX_REDIS_URL RAIOX_DATABASE_CA_PATH RAIOX_REDIS_CA_PATH
-  echo "  another CA refused by name; restored, backed up and probed over TLS: $(grep '^rows:' "$work/tls-backup.log")"
+  echo "  the api replicas, the sync workers and the exporters on the TLS services, through site.yml"
 else
   log "SKIPPED backup/restore: this appliance has no 'raiox backup' yet"
 fi
