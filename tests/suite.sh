@@ -13,8 +13,16 @@ cd "$(dirname "$0")/.."
 log="$(mktemp /tmp/raiox-e2e-log.XXXXXX)"
 bash tests/e2e/deploy.sh >"$log" 2>&1 &
 e2e_pid=$!
-# A background job ignores Ctrl-C: pass it on, so the deploy test's trap tears down its stack.
-trap 'kill -TERM "$e2e_pid" 2>/dev/null; wait "$e2e_pid"; cat "$log"; rm -f "$log"; exit 130' INT TERM
+# A background job ignores Ctrl-C: send it SIGTERM, on which its trap tears down what it
+# started (once its current step ends), and wait for that.
+stop_e2e() {
+  kill -TERM "$e2e_pid" 2>/dev/null
+  while kill -0 "$e2e_pid" 2>/dev/null; do sleep 1; done
+  cat "$log"
+  rm -f "$log"
+  exit 130
+}
+trap stop_e2e INT TERM
 
 .venv/bin/pytest -q "$@"
 pytest_rc=$?
