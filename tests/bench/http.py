@@ -6,10 +6,11 @@
 Prints one JSON object (keys are read by other tools; do not rename them). Every uncached
 request carries a distinct ~1 MP JPEG; cached requests repeat images already seen.
 The ratio to the model is taken in bursts: each burst of 96 fresh uploads at concurrency 16
-comes right after the model alone (tests/bench/encoder_rate.py, kept loaded in a child process)
-was measured at batch 8 while the server idled. `encoder_batch8_images_per_s` is the median of
-those, `uncached_c16_vs_encoder` the median of each burst's /upload rate over the model's
-(target >= 0.85; every burst's is in `uncached_c16_vs_encoder_bursts`),
+is compared with the mean of the model alone (tests/bench/encoder_rate.py, kept loaded in a
+child process) measured at batch 8 while the server idled, right before and right after it.
+`encoder_batch8_images_per_s` is the median of those means, `uncached_c16_vs_encoder` the
+median of each burst's /upload rate over the model's (target >= 0.85; every burst's is in
+`uncached_c16_vs_encoder_bursts`),
 `uncached_c16_cpu_ms_per_image` the CPU time the server and the load generator
 (tests/bench/loadgen.py) spent per image next to the model's own (`encoder_batch8`), and
 `uncached_c16_vs_encoder_cpu` the same share in CPU time.
@@ -181,7 +182,7 @@ def main() -> None:
             for key in counts:
                 counts[key] += stats.pop(key)
             result["cached"][str(concurrency)] = stats
-        bursts = paired_bursts(url, server.pid, probe, 2 if args.quick else 5)
+        bursts = paired_bursts(url, server.pid, probe, 2 if args.quick else 7)
         for burst in bursts:
             for key in counts:
                 counts[key] += burst.pop(key)
@@ -233,20 +234,23 @@ class EncoderProbe:
 def paired_bursts(
     url: str, server_pid: int, probe: EncoderProbe, count: int
 ) -> list[dict[str, Any]]:
-    """Bursts of 96 fresh uploads at c16, each right after the model alone was measured while
-    the server idled. This machine's speed drifts by 10-20 % within a minute; a ratio of two
-    measurements taken seconds apart cancels most of it, one of two taken a minute apart
-    does not."""
+    """Bursts of 96 fresh uploads at c16, each between two measurements of the model alone
+    while the server idled (one burst's "after" is the next one's "before"), compared with the
+    mean of the two. This machine's speed drifts by 10-20 % within a minute: a ratio of
+    measurements taken seconds apart cancels most of it, and bracketing also cancels a steady
+    drift during the burst, which one measurement before it did not (bursts of one run then
+    ranged 0.65-0.98)."""
     images = [make_images(96, 1000 + k) for k in range(count)]
     bursts = []
+    model_before = probe.measure()
     for fresh in images:
-        model = probe.measure()
         before = cpu_seconds(server_pid)
         stats = asyncio.run(drive(url, fresh, 16))
         spent = [b - a for a, b in zip(before, cpu_seconds(server_pid), strict=True)]
+        model_after = probe.measure()
         bursts.append(
             {
-                "model": model,
+                "model": {key: (model_before[key] + model_after[key]) / 2 for key in model_after},
                 "rps": stats["rps"],
                 "server_cpu_ms": spent[0] * 1000 / len(fresh),
                 "load_generator_cpu_ms": spent[1] * 1000 / len(fresh),
@@ -254,6 +258,7 @@ def paired_bursts(
                 "rejected_503": stats["rejected_503"],
             }
         )
+        model_before = model_after
     return bursts
 
 
