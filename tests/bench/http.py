@@ -318,6 +318,7 @@ def baseline(database_url: str, env: dict[str, str], scale: float) -> dict[str, 
     finally:
         proc.terminate()
         proc.wait(30)
+        log.unlink(missing_ok=True)  # wait_http has shown it if the baseline failed to start
 
 
 if __name__ == "__main__":
