@@ -13,7 +13,11 @@ median of each burst's /upload rate over the model's (target >= 0.85; every burs
 `uncached_c16_vs_encoder_bursts`),
 `uncached_c16_cpu_ms_per_image` the CPU time the server and the load generator
 (tests/bench/loadgen.py) spent per image next to the model's own (`encoder_batch8`), and
-`uncached_c16_vs_encoder_cpu` the same share in CPU time.
+`uncached_c16_vs_encoder_cpu` the same share in CPU time. The torch fp32 baseline
+(tests/bench/baseline_torch.py, the prototype's way) gets a burst of 32 fresh uploads at c16
+right after each of those: `baseline_torch_fp32` holds its medians, `speedup_vs_torch_rps` the
+median of each burst's /upload rate over the baseline's (target >= 3; each in
+`speedup_vs_torch_bursts`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import httpx
@@ -182,7 +188,14 @@ def main() -> None:
             for key in counts:
                 counts[key] += stats.pop(key)
             result["cached"][str(concurrency)] = stats
-        bursts = paired_bursts(url, server.pid, probe, 2 if args.quick else 7)
+        baseline = (
+            nullcontext(None)
+            if args.no_torch
+            else torch_baseline(_embedded_database_url(data_dir), env)
+        )
+        with baseline as baseline_url:
+            count = 2 if args.quick else 7
+            bursts = paired_bursts(url, server.pid, probe, count, baseline_url)
         for burst in bursts:
             for key in counts:
                 counts[key] += burst.pop(key)
@@ -190,17 +203,13 @@ def main() -> None:
         sampler.join()
         result.update(counts)
         result["server_peak_rss_mb"] = round(sampler.peak / 2**20, 1)
-        database_url = _embedded_database_url(data_dir)
     finally:
         probe.close()
         server.terminate()
         server.wait(30)
     result.update(summarize(bursts))
-    ours = result["uncached"]["16"]["rps"]
     if not args.no_torch:
-        result["baseline_torch_fp32"] = {"16": baseline(database_url, env, scale)}
-        theirs = result["baseline_torch_fp32"]["16"]["rps"]
-        result["speedup_vs_torch_rps"] = round(ours / theirs, 2) if theirs else None
+        result.update(summarize_baseline(bursts))
     print(json.dumps(result))
 
 
@@ -232,15 +241,17 @@ class EncoderProbe:
 
 
 def paired_bursts(
-    url: str, server_pid: int, probe: EncoderProbe, count: int
+    url: str, server_pid: int, probe: EncoderProbe, count: int, baseline_url: str | None
 ) -> list[dict[str, Any]]:
     """Bursts of 96 fresh uploads at c16, each between two measurements of the model alone
     while the server idled (one burst's "after" is the next one's "before"), compared with the
     mean of the two. This machine's speed drifts by 10-20 % within a minute: a ratio of
     measurements taken seconds apart cancels most of it, and bracketing also cancels a steady
     drift during the burst, which one measurement before it did not (bursts of one run then
-    ranged 0.65-0.98)."""
+    ranged 0.65-0.98). With `baseline_url`, the torch baseline gets a burst of 32 fresh uploads
+    at c16 right after each of ours, for the same reason."""
     images = [make_images(96, 1000 + k) for k in range(count)]
+    theirs = [make_images(32, 2000 + k) for k in range(count)] if baseline_url else []
     bursts = []
     model_before = probe.measure()
     for fresh in images:
@@ -248,16 +259,17 @@ def paired_bursts(
         stats = asyncio.run(drive(url, fresh, 16))
         spent = [b - a for a, b in zip(before, cpu_seconds(server_pid), strict=True)]
         model_after = probe.measure()
-        bursts.append(
-            {
-                "model": {key: (model_before[key] + model_after[key]) / 2 for key in model_after},
-                "rps": stats["rps"],
-                "server_cpu_ms": spent[0] * 1000 / len(fresh),
-                "load_generator_cpu_ms": spent[1] * 1000 / len(fresh),
-                "errors": stats["errors"],
-                "rejected_503": stats["rejected_503"],
-            }
-        )
+        burst = {
+            "model": {key: (model_before[key] + model_after[key]) / 2 for key in model_after},
+            "rps": stats["rps"],
+            "server_cpu_ms": spent[0] * 1000 / len(fresh),
+            "load_generator_cpu_ms": spent[1] * 1000 / len(fresh),
+            "errors": stats["errors"],
+            "rejected_503": stats["rejected_503"],
+        }
+        if baseline_url:
+            burst["baseline"] = asyncio.run(drive(baseline_url, theirs[len(bursts)], 16))
+        bursts.append(burst)
         model_before = model_after
     return bursts
 
@@ -289,6 +301,21 @@ def summarize(bursts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def summarize_baseline(bursts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The baseline's medians over its bursts, and /upload's rate over it burst by burst."""
+    theirs = [b["baseline"] for b in bursts]
+    stats = {
+        key: round(statistics.median(t[key] for t in theirs), 2)
+        for key in ("p50_ms", "p95_ms", "p99_ms", "rps")
+    }
+    ratios = [b["rps"] / t["rps"] for b, t in zip(bursts, theirs, strict=True) if t["rps"]]
+    return {
+        "baseline_torch_fp32": {"16": stats},
+        "speedup_vs_torch_rps": round(statistics.median(ratios), 2) if ratios else None,
+        "speedup_vs_torch_bursts": [round(r, 2) for r in ratios],
+    }
+
+
 def _embedded_database_url(data_dir: Path) -> str:
     import pgserver
 
@@ -296,7 +323,10 @@ def _embedded_database_url(data_dir: Path) -> str:
     return str(server.get_uri(database="raiox"))
 
 
-def baseline(database_url: str, env: dict[str, str], scale: float) -> dict[str, Any]:
+@contextmanager
+def torch_baseline(database_url: str, env: dict[str, str]) -> Iterator[str]:
+    """The prototype's way (tests/bench/baseline_torch.py) served on the same database, warmed
+    up; yields its /upload URL."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="raiox-baseline-", suffix=".log")[1])
     proc = subprocess.Popen(
@@ -309,12 +339,8 @@ def baseline(database_url: str, env: dict[str, str], scale: float) -> dict[str, 
     try:
         wait_http(f"http://127.0.0.1:{port}/schema", proc, log)
         url = f"http://127.0.0.1:{port}/upload"
-        n = max(int(64 * scale), 32)
         asyncio.run(drive(url, make_images(8, 500), 4))
-        stats = asyncio.run(drive(url, make_images(n, 501), 16))
-        stats.pop("errors")
-        stats.pop("rejected_503")
-        return stats
+        yield url
     finally:
         proc.terminate()
         proc.wait(30)
