@@ -15,7 +15,7 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import cached_property
 from pathlib import Path
@@ -25,11 +25,13 @@ from appliance.accounts import Accounts
 from appliance.apikeys import ApiKeys
 from appliance.catalog.bulk_import import BulkImport
 from appliance.catalog.curation import Curation
+from appliance.catalog.importer import ImportReport, ReferenceSpec, import_catalog
 from appliance.catalog.repository import Catalog
 from appliance.database import Database
 from appliance.erasure import Erasure
 from appliance.errors import AppError
 from appliance.feedback import Feedback
+from appliance.progress import Progress
 from appliance.retention import Retention
 from appliance.settings import Settings
 from appliance.storage import ImageReader, LocalImageStore
@@ -171,6 +173,21 @@ class Components:
     @cached_property
     def retention(self) -> Retention:
         return Retention(self.database.pool, self.store, self.erasure)
+
+    async def import_catalog(
+        self,
+        specs: Sequence[ReferenceSpec],
+        progress: Callable[[int, str], Progress] = Progress,
+    ) -> ImportReport:
+        """`raiox catalog import` into this appliance (the CLI, the benchmark, the tests)."""
+        return await import_catalog(
+            specs,
+            pool=self.database.pool,
+            catalog=self.catalog,
+            embedder=self.embedder,
+            store=self.store,
+            progress=progress,
+        )
 
     def load_identification(self) -> None:
         """Build the model's side now (the server does at start: a refused model stops it

@@ -54,16 +54,8 @@ def catalog_reembed() -> None:
 
 
 def _import(specs: Any) -> None:
-    from appliance.catalog.importer import import_catalog
-
     async def job(comps: Components) -> Any:
-        return await import_catalog(
-            specs,
-            pool=comps.database.pool,
-            catalog=comps.catalog,
-            embedder=comps.embedder,
-            store=comps.store,
-        )
+        return await comps.import_catalog(specs)
 
     report = with_components(job)
     typer.echo(

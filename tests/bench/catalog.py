@@ -48,6 +48,7 @@ from pgvector.asyncpg import register_vector
 from appliance.catalog.repository import Catalog, HnswParams
 from appliance.database import apply_migrations
 from tests.bench.encoder_rate import images_per_s, sample_pixels
+from tests.fixtures.appliance import quiet_progress
 from tests.fixtures.synthetic_catalog import exact_top, load, make_queries, synthetic_catalog
 
 MODEL_ID = "bench"
@@ -176,7 +177,7 @@ def write_manifest(folder: Path, views: range) -> Path:
 async def import_throughput(server: Any, model_dir: Path, root: Path) -> dict[str, float]:
     """`raiox catalog import` (read_manifest + import_catalog, as the CLI runs them) against
     the encoder's batch-8 images/s, alternated in one process: medians of each."""
-    from appliance.catalog.importer import import_catalog, read_manifest
+    from appliance.catalog.importer import read_manifest
     from appliance.components import build_components
     from appliance.settings import Settings
 
@@ -198,14 +199,7 @@ async def import_throughput(server: Any, model_dir: Path, root: Path) -> dict[st
         for manifest in manifests:
             specs = read_manifest(manifest)
             start, cpu = time.perf_counter(), time.process_time()
-            report = await import_catalog(
-                specs,
-                pool=comps.database.pool,
-                catalog=comps.catalog,
-                embedder=comps.embedder,
-                store=comps.store,
-                progress=_quiet,
-            )
+            report = await comps.import_catalog(specs, quiet_progress)
             imported.append(report.embedded / (time.perf_counter() - start))
             import_cpu.append((time.process_time() - cpu) / report.embedded)
             encoder.append(images_per_s(comps.encoder, pixels))
@@ -222,14 +216,6 @@ async def import_throughput(server: Any, model_dir: Path, root: Path) -> dict[st
         "import_refs_per_s": round(statistics.median(imported), 1),
         "encoder_images_per_s": round(statistics.median(encoder), 1),
     }
-
-
-def _quiet(total: int, label: str) -> Any:
-    import io
-
-    from appliance.progress import Progress
-
-    return Progress(total, label, stream=io.StringIO())
 
 
 def main() -> None:
