@@ -188,11 +188,7 @@ def main() -> None:
             for key in counts:
                 counts[key] += stats.pop(key)
             result["cached"][str(concurrency)] = stats
-        baseline = (
-            nullcontext(None)
-            if args.no_torch
-            else torch_baseline(_embedded_database_url(data_dir), env)
-        )
+        baseline = nullcontext(None) if args.no_torch else torch_baseline(data_dir, env)
         with baseline as baseline_url:
             count = 2 if args.quick else 7
             bursts = paired_bursts(url, server.pid, probe, count, baseline_url)
@@ -251,10 +247,10 @@ def paired_bursts(
     ranged 0.65-0.98). With `baseline_url`, the torch baseline gets a burst of 32 fresh uploads
     at c16 right after each of ours, for the same reason."""
     images = [make_images(96, 1000 + k) for k in range(count)]
-    theirs = [make_images(32, 2000 + k) for k in range(count)] if baseline_url else []
+    theirs = [make_images(32, 2000 + k) if baseline_url else [] for k in range(count)]
     bursts = []
     model_before = probe.measure()
-    for fresh in images:
+    for fresh, their_fresh in zip(images, theirs, strict=True):
         before = cpu_seconds(server_pid)
         stats = asyncio.run(drive(url, fresh, 16))
         spent = [b - a for a, b in zip(before, cpu_seconds(server_pid), strict=True)]
@@ -268,7 +264,7 @@ def paired_bursts(
             "rejected_503": stats["rejected_503"],
         }
         if baseline_url:
-            burst["baseline"] = asyncio.run(drive(baseline_url, theirs[len(bursts)], 16))
+            burst["baseline"] = asyncio.run(drive(baseline_url, their_fresh, 16))
         bursts.append(burst)
         model_before = model_after
     return bursts
@@ -324,11 +320,12 @@ def _embedded_database_url(data_dir: Path) -> str:
 
 
 @contextmanager
-def torch_baseline(database_url: str, env: dict[str, str]) -> Iterator[str]:
-    """The prototype's way (tests/bench/baseline_torch.py) served on the same database, warmed
-    up; yields its /upload URL."""
+def torch_baseline(data_dir: Path, env: dict[str, str]) -> Iterator[str]:
+    """The prototype's way (tests/bench/baseline_torch.py) served on the appliance's embedded
+    database, warmed up; yields its /upload URL. Its log stays in the data folder."""
     port = free_port()
-    log = Path(tempfile.mkstemp(prefix="raiox-baseline-", suffix=".log")[1])
+    log = data_dir / "baseline.log"
+    database_url = _embedded_database_url(data_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.bench.baseline_torch", str(port), database_url],
         cwd=ROOT,
@@ -344,7 +341,6 @@ def torch_baseline(database_url: str, env: dict[str, str]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(30)
-        log.unlink(missing_ok=True)  # wait_http has shown it if the baseline failed to start
 
 
 if __name__ == "__main__":

@@ -257,11 +257,11 @@ if [ "$has_backup" = yes ]; then
   "$venv/bin/python" tests/e2e/checks.py same "$url" "$state" || fail "data after the restore"
 
   # --- 6. The managed-services variant against TLS-only services ---------------------------
-  # compose.managed.yaml's services, as Compose merges them, against a real PostgreSQL 17 +
-  # pgvector (the stack's own image, ssl=on) and a Redis that listens with TLS only, both under
-  # dotted names with certificates of a CA of the test's own: a certificate of another CA is
+  # A real PostgreSQL 17 + pgvector (the stack's own image, ssl=on) and a Redis that listens
+  # with TLS only, both under dotted names with certificates of a CA of the test's own. Through
+  # compose.managed.yaml's services, as Compose merges them: a certificate of another CA is
   # refused by name; the e2e backup is restored and dumped again (the image's pg_restore and
-  # pg_dump), the api reports database and cache up, the exporters read both.
+  # pg_dump). Then site.yml moves the stack onto them (below).
   phase "managed variant: TLS-only Postgres and Redis (verify-full)"
   tls="$work/tls"
   mkdir -p "$tls"
@@ -329,10 +329,7 @@ if [ "$has_backup" = yes ]; then
   slowest "$work/site-managed.log"
   grep -qx 'COMPOSE_FILE=compose.yaml:compose.managed.yaml' "$compose_dir/.env" \
     || fail ".env does not name the managed override"
-  local_left="$(docker ps -q --filter label=com.docker.compose.project=raiox \
-    --filter label=com.docker.compose.service=postgres; docker ps -q \
-    --filter label=com.docker.compose.project=raiox --filter label=com.docker.compose.service=redis)"
-  [ -z "$local_left" ] || fail "the local postgres or redis still runs with managed services"
+  [ -z "$(docker ps -q --filter name='^raiox-postgres-1$' --filter name='^raiox-redis-1$')" ] || fail "the local postgres or redis still runs with managed services"
   "$venv/bin/python" tests/e2e/checks.py same "$url" "$state" || fail "the data restored into the managed Postgres"
   scrape() { # a metric line from an exporter, through its own bash
     docker exec "raiox-$1-1" bash -c "exec 3<>/dev/tcp/127.0.0.1/$2 &&
