@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-APT_PACKAGES := redis-server chromium chromium-driver
+APT_PACKAGES := redis-server chromium chromium-driver procps
 # Installed without recommends (prometheus would pull in a whole web stack otherwise).
 APT_PACKAGES_NO_RECOMMENDS := prometheus
 

@@ -13,11 +13,21 @@ cd "$(dirname "$0")/.."
 log="$(mktemp /tmp/raiox-e2e-log.XXXXXX)"
 bash tests/e2e/deploy.sh >"$log" 2>&1 &
 e2e_pid=$!
+# The deploy test's waits are bounded, but a hung docker or ansible-playbook call is not: past
+# this limit (it takes 7-11 minutes) it is stopped and fails, instead of holding CI until
+# CI's own limit with nothing printed.
+e2e_deadline=$((SECONDS + ${RAIOX_E2E_LIMIT_S:-1800}))
+
 # A background job ignores Ctrl-C: send it SIGTERM, on which its trap tears down what it
-# started (once its current step ends), and wait for that.
-stop_e2e() {
+# started. Bash runs that trap only when the command in progress returns, so that command
+# (deploy.sh's direct child) gets SIGTERM too.
+terminate_e2e() {
   kill -TERM "$e2e_pid" 2>/dev/null
+  pkill -TERM -P "$e2e_pid" 2>/dev/null
   while kill -0 "$e2e_pid" 2>/dev/null; do sleep 1; done
+}
+stop_e2e() {
+  terminate_e2e
   cat "$log"
   rm -f "$log"
   exit 130
@@ -26,6 +36,11 @@ trap stop_e2e INT TERM
 
 .venv/bin/pytest -q "$@"
 pytest_rc=$?
+while kill -0 "$e2e_pid" 2>/dev/null && ((SECONDS < e2e_deadline)); do sleep 2; done
+if kill -0 "$e2e_pid" 2>/dev/null; then
+  echo "the deploy test ran past ${RAIOX_E2E_LIMIT_S:-1800} s: stopping it" >>"$log"
+  terminate_e2e
+fi
 wait "$e2e_pid"
 e2e_rc=$?
 trap - INT TERM
