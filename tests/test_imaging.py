@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from appliance.errors import AppError
+from appliance.identification.identify import decode_then_preprocess
 from appliance.identification.imaging import (
     BadDimensionsError,
     CorruptImageError,
@@ -365,6 +366,52 @@ def test_float_tiff_with_nan_and_inf_decodes() -> None:
     pixels = np.asarray(decode_image(float_tiff(), LIMITS).image)
     assert pixels[0, 0] == 0 and pixels[1, 0] == 255
     assert np.unique(pixels).size > 150
+
+
+# ---------------------------------------------------- JPEGs decoded smaller for the model
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "fmt", "expected"),
+    [
+        (4000, 3000, "JPEG", (500, 375)),  # 1/8: a phone photo
+        (1152, 864, "JPEG", (576, 432)),  # 1/2: a sensor radiograph
+        (640, 480, "JPEG", (320, 240)),
+        (600, 447, "JPEG", (600, 447)),  # short side under twice 224: decoded whole
+        (4000, 3000, "MPO", (500, 375)),
+        (1500, 1000, "PNG", (1500, 1000)),  # no decoder shortcut
+        (1500, 1000, "WEBP", (1500, 1000)),
+    ],
+)
+def test_large_jpegs_are_decoded_smaller_but_never_below_the_models_side(
+    width: int, height: int, fmt: str, expected: tuple[int, int]
+) -> None:
+    data = encode(rgb_image(width, height), fmt)
+    decoded = decode_image(data, LIMITS, reduce_to=PARAMS.image_size)
+    assert decoded.image.size == (decoded.width, decoded.height) == expected
+    assert min(expected) >= PARAMS.image_size
+    assert decode_image(data, LIMITS).image.size == (width, height)  # only when asked
+
+
+def test_the_model_path_decodes_smaller_and_stays_close_to_the_full_decode() -> None:
+    data = encode(rgb_image(1152, 864, seed=3).convert("L"), "JPEG", quality=90)
+    served = decode_then_preprocess(data, LIMITS, PARAMS)
+    reduced = decode_image(data, LIMITS, reduce_to=PARAMS.image_size).image
+    np.testing.assert_array_equal(served, preprocess(reduced, PARAMS))
+    full = preprocess(decode_image(data, LIMITS).image, PARAMS)
+    difference = np.abs(served - full)
+    # not the same pixels, but within a few grey levels (1/255 is ~0.015 here)
+    assert 0 < difference.mean() < 0.01 and difference.max() < 0.1
+
+
+def test_a_reduced_jpeg_is_still_turned_upright() -> None:
+    array = np.zeros((900, 1200, 3), np.uint8)
+    array[:100, :100] = 255  # a white mark in the stored top-left corner
+    data = encode(Image.fromarray(array), "JPEG", quality=95, exif=exif_orientation(6))
+    decoded = decode_image(data, LIMITS, reduce_to=PARAMS.image_size)
+    assert decoded.image.size == (225, 300)  # 1/4 of 1200x900, then rotated
+    pixels = np.asarray(decoded.image)[..., 0]
+    assert pixels[:20, -20:].min() > 200 and pixels[:20, :20].max() < 50
 
 
 # ---------------------------------------------------------------- orientation and alpha

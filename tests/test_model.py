@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -12,9 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from appliance.identification.encoder import Encoder
-from appliance.identification.imaging import PreprocessParams, preprocess_batch
+from appliance.identification.imaging import (
+    PreprocessParams,
+    decode_and_preprocess,
+    decode_image,
+    preprocess,
+    preprocess_batch,
+)
 from appliance.identification.manifest import (
     ModelIntegrityError,
     ModelManifest,
@@ -22,6 +30,7 @@ from appliance.identification.manifest import (
     file_sha256,
     format_manifest,
 )
+from appliance.settings import ImageLimits
 from model.build import BuildError, build_model
 from model.evaluate import parity, synthetic_images
 from model.quantize import DEFAULT
@@ -106,6 +115,24 @@ def test_unreadable_manifest_and_missing_graph(model_dir: Path, tmp_path: Path) 
 def test_encode_rejects_wrong_shapes(encoder: Encoder) -> None:
     with pytest.raises(ValueError, match="shape"):
         encoder.encode(np.zeros((1, 3, 112, 112), np.float32))
+
+
+def test_jpegs_decoded_smaller_embed_like_the_full_decode(model_dir: Path) -> None:
+    """Large JPEGs reach the model from libjpeg's reduced decode (imaging._reduce_while_decoding):
+    the served int8 embedding must stay as close to the full decode's as int8 is to fp32."""
+    encoder = Encoder.load(model_dir)
+    sizes = [(4032, 3024), (3024, 4032), (1152, 864), (1600, 1200)]
+    files = []
+    for image, size in zip(synthetic_images(len(sizes), seed=99), sizes, strict=True):
+        buffer = io.BytesIO()
+        image.resize(size, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+        files.append(buffer.getvalue())
+    limits, params = ImageLimits(), PreprocessParams()
+    full = np.stack([preprocess(decode_image(data, limits).image, params) for data in files])
+    served = np.stack([decode_and_preprocess(data, limits, params) for data in files])
+    assert not np.array_equal(full, served)  # really a different decode
+    cosines = np.sum(encoder.encode(full) * encoder.encode(served), axis=1)
+    assert cosines.min() >= 0.999
 
 
 def test_fp32_graph_matches_open_clip(model_dir: Path, fp32_encoder: Encoder) -> None:

@@ -57,6 +57,7 @@ class BatchingEncoder:
         self._encoder = encoder
         self.model_id = encoder.model_id
         self.pretrained = encoder.pretrained
+        self.preprocess_params = encoder.preprocess_params
         self._max_batch = settings.batch_max_size
         self._max_wait = settings.batch_max_wait_ms / 1000
         self._queue_max = settings.queue_max
@@ -91,9 +92,7 @@ class BatchingEncoder:
         loop = asyncio.get_running_loop()
         self._incoming += 1
         try:
-            pixels = await loop.run_in_executor(
-                self._prep, prepare, self._encoder.preprocess_params
-            )
+            pixels = await loop.run_in_executor(self._prep, prepare, self.preprocess_params)
         finally:
             self._incoming -= 1
         job = _Job(pixels, loop.create_future())

@@ -53,6 +53,7 @@ class ImageEncoder(Protocol):
 
     model_id: str
     pretrained: bool
+    preprocess_params: PreprocessParams
 
     def admit(self) -> AbstractAsyncContextManager[None]:
         """Hold a place for one request; raise a 503-type error at once when saturated."""
@@ -94,7 +95,7 @@ def decode_then_preprocess(
     """Bytes to model input in one thread hop (the decoded image is freed on return), with
     each step timed on its own."""
     with timed("decode"):
-        image = decode_image(data, limits).image
+        image = decode_image(data, limits, reduce_to=params.image_size).image
     return timed_preprocess(image, params)
 
 
@@ -128,7 +129,8 @@ class Embedder:
 
     async def decode(self, data: bytes) -> DecodedImage:
         with timed("decode"):
-            return await asyncio.to_thread(decode_image, data, self.limits)
+            reduce_to = self.encoder.preprocess_params.image_size
+            return await asyncio.to_thread(decode_image, data, self.limits, reduce_to=reduce_to)
 
     async def embed(self, data: bytes) -> Embedding:
         """A cache hit costs a hash and a header read, in one thread hop: those bytes were

@@ -111,7 +111,9 @@ class PreprocessParams:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # L (grayscale) or RGB, EXIF orientation applied, 8 bits per channel
+    # L (grayscale) or RGB, EXIF orientation applied, 8 bits per channel; smaller than the file
+    # only when decode_image was asked to reduce it
+    image: Image.Image
     format: str  # Pillow format name: "JPEG", "PNG", ...
     content_type: str
     extension: str
@@ -158,14 +160,17 @@ class ImageTooSmallError(ImageError):
     code = "image_too_small"
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
+def decode_image(data: bytes, limits: ImageLimits, *, reduce_to: int | None = None) -> DecodedImage:
     """Untrusted bytes -> an 8-bit grayscale or RGB image upright, or an ImageError saying what
-    is wrong.
+    is wrong. With `reduce_to` (the side the model's input is resized to), a JPEG at least twice
+    that size is decoded smaller (see `_reduce_while_decoding`).
 
     The checks run cheapest first: size of the upload, then the header's dimensions, and only
     then the pixel data, so a bomb or an oversized file costs no decoding."""
     image = _open_checked(data, limits)
     fmt = str(image.format)
+    if reduce_to is not None:
+        _reduce_while_decoding(image, reduce_to)
     try:
         image.load()
     except Exception as exc:  # any decoder failure on untrusted bytes means a broken file
@@ -173,6 +178,21 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
     upright = _to_8bit(image)
     content_type, extension = FORMATS[fmt]
     return DecodedImage(upright, fmt, content_type, extension, upright.width, upright.height)
+
+
+def _reduce_while_decoding(image: Image.Image, side: int) -> None:
+    """A JPEG whose short side is at least twice `side` is decoded at 1/2, 1/4 or 1/8 scale by
+    libjpeg's DCT scaling, its short side still >= `side`, before the bicubic resize. The
+    model then sees open_clip's transform of that smaller decode instead of the full one:
+    embeddings differ by cosine >= 0.9998 (random weights; less than int8's own error), and
+    decoding plus resizing costs 7.5 instead of 12 ms of CPU for a 1 MP radiograph and 44
+    instead of 235 ms (and 0.6 instead of 36 MB) for a 12 MP phone photo of one. Other formats
+    have no such decoder shortcut and are decoded whole."""
+    if image.format not in ("JPEG", "MPO"):
+        return
+    width, height = image.size
+    scale = side / min(width, height)
+    image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
 
 
 def identify_format(data: bytes, limits: ImageLimits) -> tuple[str, str]:
@@ -365,7 +385,7 @@ def preprocess(image: Image.Image, params: PreprocessParams) -> np.ndarray:
 
 def decode_and_preprocess(data: bytes, limits: ImageLimits, params: PreprocessParams) -> np.ndarray:
     """Bytes straight to model input, so the decoded image is freed inside the same call."""
-    return preprocess(decode_image(data, limits).image, params)
+    return preprocess(decode_image(data, limits, reduce_to=params.image_size).image, params)
 
 
 def preprocess_batch(images: Sequence[Image.Image], params: PreprocessParams) -> np.ndarray:
