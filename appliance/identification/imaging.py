@@ -184,10 +184,10 @@ def _reduce_while_decoding(image: Image.Image, side: int) -> None:
     """A JPEG whose short side is at least twice `side` is decoded at 1/2, 1/4 or 1/8 scale by
     libjpeg's DCT scaling, its short side still >= `side`, before the bicubic resize. The
     model then sees open_clip's transform of that smaller decode instead of the full one:
-    embeddings differ by cosine >= 0.9998 (random weights; less than int8's own error), and
-    decoding plus resizing costs 7.5 instead of 12 ms of CPU for a 1 MP radiograph and 44
-    instead of 235 ms (and 0.6 instead of 36 MB) for a 12 MP phone photo of one. Other formats
-    have no such decoder shortcut and are decoded whole."""
+    embeddings differ by cosine >= 0.9999 with fp32 weights (random ones; int8's own error is
+    larger), and decoding plus preprocessing costs 5-7.5 instead of 9-12 ms of CPU for a 1 MP
+    radiograph and 44 instead of 235 ms (and 0.6 instead of 36 MB) for a 12 MP phone photo of
+    one. Other formats have no such decoder shortcut and are decoded whole."""
     if image.format not in ("JPEG", "MPO"):
         return
     width, height = image.size
