@@ -19,11 +19,21 @@ e2e_pid=$!
 e2e_deadline=$((SECONDS + ${RAIOX_E2E_LIMIT_S:-1800}))
 
 # A background job ignores Ctrl-C: send it SIGTERM, on which its trap tears down what it
-# started. Bash runs that trap only when the command in progress returns, so that command
-# (deploy.sh's direct child) gets SIGTERM too.
+# started. Bash runs that trap only when the command in progress returns, so that command and
+# whatever it started (ansible's workers, a docker compose call) get SIGTERM too, but not the
+# dockerd deploy.sh started: its teardown needs it to remove the stack.
+below_deploy() {
+  local child
+  for child in $(pgrep -P "$1"); do
+    [ "$(cat "/proc/$child/comm" 2>/dev/null)" = dockerd ] && continue
+    echo "$child"
+    below_deploy "$child"
+  done
+}
 terminate_e2e() {
-  kill -TERM "$e2e_pid" 2>/dev/null
-  pkill -TERM -P "$e2e_pid" 2>/dev/null
+  local pids
+  pids="$(below_deploy "$e2e_pid")"
+  kill -TERM "$e2e_pid" $pids 2>/dev/null
   while kill -0 "$e2e_pid" 2>/dev/null; do sleep 1; done
 }
 stop_e2e() {

@@ -25,6 +25,9 @@
 # tarball, wheels, the Compose plugin's source, the test model), each entry named by a hash of
 # what made it, so a fresh clone reuses them and a change never picks up a stale one.
 set -euo pipefail
+# This script's own output, for the teardown: a signal that lands while a command's output goes
+# to a file (the playbooks' logs) runs the trap with that redirection still in place.
+exec 3>&1 4>&2
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -52,18 +55,24 @@ dockerd_pid=""
 state="$work/state.json"
 
 # --- teardown ---------------------------------------------------------------------------
+# The stack's containers, volumes and networks, and phase 6's TLS services (first: they are
+# attached to the stack's network), found by label, whatever made them.
+remove_stack() {
+  docker ps -aq --filter label=raiox.e2e=managed-services | xargs -r docker rm -f -v >/dev/null
+  docker ps -aq --filter label=com.docker.compose.project=raiox | xargs -r docker rm -f -v >/dev/null
+  docker volume ls -q --filter label=com.docker.compose.project=raiox | xargs -r docker volume rm >/dev/null
+  docker network ls -q --filter label=com.docker.compose.project=raiox | xargs -r docker network rm >/dev/null
+}
+
 teardown() {
   local rc=$?
   set +e
+  exec 1>&3 2>&4
   phase "teardown"
   if docker info >/dev/null 2>&1; then
-    # The TLS services of phase 6 first: they are attached to the stack's network.
-    docker ps -aq --filter label=raiox.e2e=managed-services | xargs -r docker rm -f >/dev/null
     [ -f "$compose_dir/compose.yaml" ] && docker compose --project-directory "$compose_dir" \
       --profile grafana down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1
-    docker ps -aq --filter label=com.docker.compose.project=raiox | xargs -r docker rm -f >/dev/null
-    docker volume ls -q --filter label=com.docker.compose.project=raiox | xargs -r docker volume rm >/dev/null
-    docker network ls -q --filter label=com.docker.compose.project=raiox | xargs -r docker network rm >/dev/null
+    remove_stack
     # Keep this version's images and the dependencies' build stage (untagged, labelled) as the
     # cache: the next version then rebuilds only its own layers (~10 s, not ~95 s). Drop the
     # broken release and the images of older test versions.
@@ -89,6 +98,9 @@ teardown() {
   exit "$rc"
 }
 trap teardown EXIT
+# Stopped (Ctrl-C, tests/suite.sh's limit): the teardown runs and the run counts as failed.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- 1. Docker ----------------------------------------------------------------------------
 phase "docker"
@@ -101,11 +113,17 @@ else
   for table in filter nat; do iptables-save -t "$table" >"$iptables_saved.$table"; done
   ip link show docker0 >/dev/null 2>&1 && had_docker0=yes || had_docker0=no
   ip_forward="$(sysctl -n net.ipv4.ip_forward)"
-  dockerd >"$work/dockerd.log" 2>&1 &
+  dockerd >"$work/dockerd.log" 2>&1 3>&- 4>&- &
   dockerd_pid=$!
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { tail -20 "$work/dockerd.log"; fail "dockerd did not start"; }
   log "dockerd started (pid $dockerd_pid)"
+  # A run killed before its teardown could reach dockerd (SIGKILL, power loss) leaves the
+  # stack in Docker's data root; dockerd restarts its containers, and its volumes hold another
+  # run's secrets (the database would refuse this run's password). Ours alone: start clean.
+  leftovers="$(docker ps -aq --filter label=com.docker.compose.project=raiox | wc -l)"
+  [ "$leftovers" -gt 0 ] && log "removing $leftovers container(s) an earlier run left behind"
+  remove_stack
 fi
 
 # --- 2. Base image and model --------------------------------------------------------------
