@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -c 'from tests.fixtures.model import cached_random_model as m; m()' || exit 1
 
 log="$(mktemp /tmp/raiox-e2e-log.XXXXXX)"
-bash tests/e2e/deploy.sh >"$log" 2>&1 &
+bash tests/e2e/deploy.sh >>"$log" 2>&1 & # appended: our own note on it stays in place
 e2e_pid=$!
 # The deploy test's waits are bounded, but a hung docker or ansible-playbook call is not: past
 # this limit (it takes 7-11 minutes) it is stopped and fails, instead of holding CI until
