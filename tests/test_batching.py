@@ -14,7 +14,8 @@ from appliance.catalog.demo import DEMO_IMPLANTS, png_bytes, render_patient_samp
 from appliance.components import Components
 from appliance.identification.batching import BatchingEncoder
 from appliance.identification.encoder import Encoder
-from appliance.identification.imaging import decode_and_preprocess, decode_image, preprocess
+from appliance.identification.identify import decode_then_preprocess
+from appliance.identification.imaging import decode_image, preprocess
 from appliance.settings import EncoderSettings, ImageLimits
 from tests.fixtures.appliance import asgi_client, variant
 
@@ -46,7 +47,7 @@ async def test_concurrent_requests_get_exactly_their_own_vectors(encoder: Encode
 
 
 async def test_a_lone_request_does_not_wait_for_a_batch(encoder: Encoder) -> None:
-    prepare = partial(decode_and_preprocess, distinct_images(1, 7)[0], ImageLimits())
+    prepare = partial(decode_then_preprocess, distinct_images(1, 7)[0], ImageLimits())
     batching = BatchingEncoder(encoder, EncoderSettings(batch_max_wait_ms=2000))
     try:
         loop = asyncio.get_running_loop()

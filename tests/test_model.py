@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from appliance.identification.encoder import Encoder
+from appliance.identification.identify import decode_then_preprocess
 from appliance.identification.imaging import (
     PreprocessParams,
-    decode_and_preprocess,
     decode_image,
     preprocess,
     preprocess_batch,
@@ -129,7 +129,7 @@ def test_jpegs_decoded_smaller_embed_like_the_full_decode(model_dir: Path) -> No
         files.append(buffer.getvalue())
     limits, params = ImageLimits(), PreprocessParams()
     full = np.stack([preprocess(decode_image(data, limits).image, params) for data in files])
-    served = np.stack([decode_and_preprocess(data, limits, params) for data in files])
+    served = np.stack([decode_then_preprocess(data, limits, params) for data in files])
     assert not np.array_equal(full, served)  # really a different decode
     cosines = np.sum(encoder.encode(full) * encoder.encode(served), axis=1)
     assert cosines.min() >= 0.999

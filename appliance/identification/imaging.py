@@ -383,11 +383,6 @@ def preprocess(image: Image.Image, params: PreprocessParams) -> np.ndarray:
     return out
 
 
-def decode_and_preprocess(data: bytes, limits: ImageLimits, params: PreprocessParams) -> np.ndarray:
-    """Bytes straight to model input, so the decoded image is freed inside the same call."""
-    return preprocess(decode_image(data, limits, reduce_to=params.image_size).image, params)
-
-
 def preprocess_batch(images: Sequence[Image.Image], params: PreprocessParams) -> np.ndarray:
     size = params.image_size
     batch = np.empty((len(images), 3, size, size), dtype=np.float32)
